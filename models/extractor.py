@@ -1,0 +1,164 @@
+"""The extractor artifact: one TorchScript file from waveform to local embeddings.
+
+`export_extractor` scripts FrontEnd (CQT, chunking, pooling, normalisation) and
+the network together and stores the `ExtractorConfig` inside the file as
+`config.json`. `load_extractor` reads it back, checks that the config agrees
+with the scripted module and with whatever the caller expects (an index built
+for another model, say), and refuses a mismatch naming both values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import List, Mapping, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from models.audio import AudioSource, decode_audio
+from models.config import FORMAT_VERSION, ExtractorConfig, config_mismatches
+from models.frontend import FrontEnd
+from models.network import ResNetIBN
+
+CONFIG_FILE = "config.json"
+
+
+class ArtifactError(ValueError):
+    """An extractor file that cannot be used as asked."""
+
+
+class Extractor(nn.Module):
+    """(samples,) waveform at `sample_rate` -> (N, D) local embeddings and (N,) chunk start seconds."""
+
+    def __init__(self, config: ExtractorConfig, network: Optional[ResNetIBN] = None):
+        super().__init__()
+        self.frontend = FrontEnd(config)
+        self.network = network if network is not None else ResNetIBN.from_config(config)
+        self.max_batch_chunks = config.max_batch_chunks
+        # recorded in the scripted module so a loader can cross-check config.json
+        self.sample_rate = config.sample_rate
+        self.embedding_dim = config.embedding_dim
+        self.time_pool = config.time_pool
+        self.cqt_bins = config.cqt_bins
+
+    def forward(self, waveform: Tensor) -> Tuple[Tensor, Tensor]:
+        chunks, starts = self.frontend(waveform)
+        return self.embed_chunks(chunks), starts
+
+    @torch.jit.export
+    def embed_chunks(self, chunks: Tensor) -> Tensor:
+        """(N, 1, bins, T) -> (N, D), at most `max_batch_chunks` chunks per network call."""
+        outputs: List[Tensor] = []
+        for first in range(0, chunks.shape[0], self.max_batch_chunks):
+            outputs.append(self.network(chunks[first : first + self.max_batch_chunks]))
+        return torch.cat(outputs)
+
+
+def weights_digest(module: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def export_extractor(network: ResNetIBN, config: ExtractorConfig, path: str | os.PathLike) -> ExtractorConfig:
+    """Script network + front end into one file; returns the config as stored (with its model_id)."""
+    if network.reduction.out_features != config.embedding_dim or network.channels != config.channels:
+        raise ArtifactError(
+            f"network (C={network.channels}, D={network.reduction.out_features}) does not match config "
+            f"(C={config.channels}, D={config.embedding_dim})"
+        )
+    config = config.replace(model_id=f"{config.model_version}-{weights_digest(network)}")
+    module = Extractor(config, network).cpu().eval()
+    scripted = torch.jit.script(module)
+    tmp = f"{os.fspath(path)}.tmp"
+    torch.jit.save(scripted, tmp, _extra_files={CONFIG_FILE: config.to_json()})
+    os.replace(tmp, path)
+    return config
+
+
+@dataclass(frozen=True)
+class LocalEmbeddings:
+    vectors: Tensor  # (N, D) float32, L2-normalised, on the CPU
+    starts_s: Tensor  # (N,) chunk start times in seconds
+    duration_s: float
+
+
+class LoadedExtractor:
+    """A loaded artifact: its config, its device, and the calls the rest of the code makes."""
+
+    def __init__(self, module: torch.jit.ScriptModule, config: ExtractorConfig, device: torch.device):
+        self.module = module
+        self.config = config
+        self.device = device
+
+    @property
+    def model_id(self) -> str:
+        return self.config.model_id
+
+    def decode(self, source: AudioSource, max_seconds: float | None = None) -> Tensor:
+        return decode_audio(source, self.config.sample_rate, max_seconds=max_seconds)
+
+    @torch.inference_mode()
+    def embed_waveform(self, waveform: Tensor) -> LocalEmbeddings:
+        vectors, starts = self.module(waveform.to(self.device))
+        return LocalEmbeddings(vectors.float().cpu(), starts.cpu(), waveform.shape[-1] / self.config.sample_rate)
+
+    def embed(self, source: AudioSource, max_seconds: float | None = None) -> LocalEmbeddings:
+        return self.embed_waveform(self.decode(source, max_seconds))
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ArtifactError(f"device {str(device)!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+    return device
+
+
+def load_extractor(
+    path: str | os.PathLike,
+    device: str | torch.device | None = "auto",
+    expect: Optional[Mapping[str, object]] = None,
+) -> LoadedExtractor:
+    """Load an artifact on `device` ('auto': CUDA when present, else CPU) and check its config.
+
+    `expect` maps config fields to the values the caller needs (e.g. the
+    `model_id` and `embedding_dim` an existing index was built with).
+    """
+    if not os.path.isfile(path):
+        raise ArtifactError(f"no extractor artifact at {os.fspath(path)!r}; export one with `coverid export`")
+    target = resolve_device(device)
+    extra = {CONFIG_FILE: ""}
+    try:
+        module = torch.jit.load(os.fspath(path), map_location=target, _extra_files=extra)
+    except RuntimeError as err:
+        raise ArtifactError(f"{os.fspath(path)!r} is not a TorchScript extractor ({str(err).splitlines()[0]})") from None
+    if not extra[CONFIG_FILE]:
+        raise ArtifactError(f"{os.fspath(path)!r} carries no {CONFIG_FILE}; it was not written by export_extractor")
+    stored = json.loads(extra[CONFIG_FILE])
+    if stored.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"artifact format_version is {stored.get('format_version')!r}, this code reads {FORMAT_VERSION}; "
+            "re-export the model with this version"
+        )
+    config = ExtractorConfig.from_dict(stored)
+    # config.json must describe the scripted module it travels with
+    recorded = {
+        "sample_rate": int(module.sample_rate),
+        "embedding_dim": int(module.embedding_dim),
+        "time_pool": int(module.time_pool),
+        "cqt_bins": int(module.cqt_bins),
+    }
+    problems = config_mismatches(stored, recorded)
+    if expect:
+        problems += config_mismatches(stored, dict(expect))
+    if problems:
+        raise ArtifactError(f"refusing extractor {os.fspath(path)!r}: " + "; ".join(problems))
+    module.eval()
+    return LoadedExtractor(module, config, target)

@@ -1,0 +1,100 @@
+"""The one front end: waveform -> CQT -> 20 s chunks -> pooled, normalised network input.
+
+Training, evaluation and the service all go through `FrontEnd`. The CQT is
+computed once per track and the chunks are cut from it on its frame grid
+(frame i is centred on sample i * hop), so overlapping chunks do not pay for
+their shared audio twice. Training caches `FrontEnd.spectrogram` output and
+calls `FrontEnd.chunk` on crops of it: the same chunking as serving.
+
+Chunking rule (ByteCover3 section 2.1, extended for short queries):
+- a track no longer than one chunk is one chunk of its own length;
+- otherwise chunks of `chunk_seconds` start every `hop_seconds`, and if the
+  last of them stops short of the end, one more chunk is aligned to the end,
+  so no audio is dropped and no chunk is zero-padded.
+Each chunk carries its start time in seconds (a multiple of the CQT hop,
+within half a frame, 12 ms, of the nominal 0, 10, 20, ... s).
+
+Normalisation: each chunk is divided by its own maximum (loudness invariance)
+and compressed with log1p(gain * x) / log1p(gain), which maps it to [0, 1].
+"""
+
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from models.config import ExtractorConfig
+from models.cqt import MultiRateCQT
+
+
+def chunk_starts(n_frames: int, chunk_frames: int, hop_frames: float) -> List[int]:
+    """First frame of every chunk of a spectrogram with `n_frames` frames."""
+    if n_frames <= chunk_frames:
+        return [0]
+    starts: List[int] = []
+    k = 0
+    while True:
+        start = int(round(k * hop_frames))
+        if start + chunk_frames > n_frames:
+            break
+        starts.append(start)
+        k += 1
+    if starts[-1] + chunk_frames < n_frames:
+        starts.append(n_frames - chunk_frames)
+    return starts
+
+
+def pool_time(chunks: Tensor, factor: int) -> Tensor:
+    """Average-pool (N, bins, frames) by `factor` along time; a remainder under `factor` is dropped,
+    except that a chunk shorter than `factor` frames becomes one frame (its mean)."""
+    frames = chunks.shape[-1]
+    if frames < factor:
+        return chunks.mean(dim=-1, keepdim=True)
+    kept = frames // factor
+    return chunks[..., : kept * factor].reshape(chunks.shape[0], chunks.shape[1], kept, factor).mean(dim=-1)
+
+
+def normalise(chunks: Tensor, log_gain: float) -> Tensor:
+    """Per chunk: divide by the chunk's max, then log-compress to [0, 1]. (N, bins, T) -> same."""
+    peak = chunks.amax(dim=(1, 2), keepdim=True).clamp_min(1e-8)
+    return torch.log1p(log_gain * chunks / peak) / torch.log1p(torch.tensor(log_gain))
+
+
+class FrontEnd(nn.Module):
+    def __init__(self, config: ExtractorConfig):
+        super().__init__()
+        self.cqt = MultiRateCQT(
+            config.sample_rate,
+            config.cqt_hop,
+            config.cqt_fmin,
+            config.cqt_bins,
+            config.cqt_bins_per_octave,
+            config.cqt_window,
+        )
+        self.chunk_frames = config.frames_per_chunk
+        self.hop_frames = config.hop_frames
+        self.frame_seconds = config.frame_seconds
+        self.time_pool = config.time_pool
+        self.log_gain = config.log_gain
+
+    def forward(self, waveform: Tensor) -> Tuple[Tensor, Tensor]:
+        """(samples,) -> network input (N, 1, bins, T) and chunk start times in seconds (N,)."""
+        return self.chunk(self.spectrogram(waveform))
+
+    @torch.jit.export
+    def spectrogram(self, waveform: Tensor) -> Tensor:
+        """(samples,) -> (bins, frames) CQT magnitude of the whole track."""
+        return self.cqt(waveform)
+
+    @torch.jit.export
+    def chunk(self, spectrogram: Tensor) -> Tuple[Tensor, Tensor]:
+        """(bins, frames) -> (N, 1, bins, T) pooled, normalised chunks and their start times (N,)."""
+        n_frames = spectrogram.shape[-1]
+        starts = chunk_starts(n_frames, self.chunk_frames, self.hop_frames)
+        length = min(self.chunk_frames, n_frames)
+        chunks = torch.stack([spectrogram[:, s : s + length] for s in starts])
+        pooled = normalise(pool_time(chunks.float(), self.time_pool), self.log_gain)
+        start_seconds = torch.tensor(starts, dtype=torch.float32, device=spectrogram.device) * self.frame_seconds
+        return pooled.unsqueeze(1), start_seconds

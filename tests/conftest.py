@@ -1,0 +1,61 @@
+"""Shared fixtures: audio the tests synthesise themselves, and exported extractor artifacts."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from models.config import ExtractorConfig
+from models.extractor import export_extractor
+from models.network import ResNetIBN
+from models.synth import random_tune, render_notes
+
+SAMPLE_RATE = ExtractorConfig.sample_rate
+
+# (soundfile format, subtype, file sample rate) for every format users upload
+FORMATS = {
+    "wav": ("WAV", "PCM_16", 44100),
+    "flac": ("FLAC", "PCM_16", 44100),
+    "ogg": ("OGG", "VORBIS", 44100),
+    "opus": ("OGG", "OPUS", 48000),
+    "mp3": ("MP3", "MPEG_LAYER_III", 44100),
+}
+
+
+def tone(freq: float, seconds: float, rate: int = SAMPLE_RATE, amplitude: float = 0.3, harmonics: int = 3) -> np.ndarray:
+    t = np.arange(int(round(seconds * rate))) / rate
+    out = sum(amplitude * 0.5 ** k * np.sin(2 * np.pi * freq * (k + 1) * t) for k in range(harmonics))
+    return out.astype(np.float32)
+
+
+def encode(audio: np.ndarray, rate: int, fmt: str, subtype: str) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, rate, format=fmt, subtype=subtype)
+    return buffer.getvalue()
+
+
+def tune(seconds: float, seed: int = 0, rate: int = SAMPLE_RATE) -> np.ndarray:
+    return render_notes(random_tune(seconds, seed=seed), rate, seconds, seed=seed)
+
+
+@pytest.fixture(scope="session")
+def narrow_config() -> ExtractorConfig:
+    return ExtractorConfig(width=16)
+
+
+@pytest.fixture(scope="session")
+def narrow_network(narrow_config) -> ResNetIBN:
+    torch.manual_seed(0)
+    return ResNetIBN.from_config(narrow_config).eval()
+
+
+@pytest.fixture(scope="session")
+def narrow_artifact(tmp_path_factory, narrow_network, narrow_config):
+    """An exported width-16 extractor: (path, stored config)."""
+    path = tmp_path_factory.mktemp("artifact") / "extractor.pt"
+    stored = export_extractor(narrow_network, narrow_config, path)
+    return path, stored

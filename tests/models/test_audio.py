@@ -123,3 +123,27 @@ def test_sf_is_the_reader_for_every_listed_format():
     formats = sf.available_formats()
     assert {"WAV", "FLAC", "OGG", "MP3"} <= set(formats)
     assert "OPUS" in sf.available_subtypes("OGG")
+
+
+@pytest.mark.parametrize("rate", [8000, 11025, 16000, 32000, 44100, 48000, 96000])
+def test_fast_resampling_equals_torchaudio(rate):
+    import torchaudio.functional as AF
+
+    from models.audio import resample
+
+    waveform = torch.from_numpy(tone(523.25, 1.5, rate))
+    waveform = waveform + 0.01 * torch.randn(waveform.shape[0], generator=torch.Generator().manual_seed(rate))
+    waveform = waveform[: waveform.shape[0] - 7]  # a length that is not a multiple of anything
+    expected = AF.resample(waveform, rate, SAMPLE_RATE)
+    actual = resample(waveform, rate, SAMPLE_RATE)
+    assert actual.shape == expected.shape
+    assert torch.allclose(actual, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("rate", [11127, 44101])
+def test_rates_without_a_small_ratio_resample_correctly(rate):
+    from models.audio import resample
+
+    waveform = resample(torch.from_numpy(tone(1000.0, 3.0, rate, harmonics=1)), rate, SAMPLE_RATE)
+    assert waveform.shape[0] == int(np.ceil(3.0 * rate * SAMPLE_RATE / rate))
+    assert abs(dominant_frequency(waveform, SAMPLE_RATE) - 1000.0) < 1.0

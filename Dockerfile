@@ -1,0 +1,18 @@
+# coverid image. CPU by default; on a GPU host run with `--gpus all` (the PyTorch wheel bundles CUDA).
+FROM python:3.11-slim
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends g++ make \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /srv/coverid
+COPY pyproject.toml README.md ./
+COPY app ./app
+COPY models ./models
+COPY index ./index
+RUN pip install --no-cache-dir .
+
+ENV COVERID_DEVICE=auto
+COPY docker/entrypoint.sh /usr/local/bin/coverid-entrypoint
+ENTRYPOINT ["coverid-entrypoint"]
+CMD ["embed", "--help"]

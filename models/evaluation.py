@@ -1,0 +1,310 @@
+"""The ByteCover3 evaluation protocol (section 3.1): queries of many lengths, two-stage retrieval, mAP and MR1.
+
+Every recording is in the database as a full track. From each recording the
+query set is the full track plus one clip of each of `QUERY_SECONDS`, cut at a
+seeded random position on the CQT frame grid. Each query is embedded and
+searched two ways: the two-stage search the service uses (HNSW top-K per query
+chunk, then MaxMean over the reached tracks; a track stage one did not reach
+scores 0, as the paper does) and, optionally, exhaustive MaxMean against every
+track. The recording a query was cut from is removed from its ranking (no
+leakage); the relevant items are the other recordings of the same work.
+
+Tie rules: `rank_of_first_relevant` is pessimistic (a non-relevant item with
+the same score as the best relevant one ranks before it); `average_precision`
+is scikit-learn's, which treats a block of tied scores as one threshold (its
+recall gain is credited at the precision of the whole block: between the
+pessimistic and the optimistic order). Ties matter mainly for the tracks stage
+one did not reach, which all score 0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Protocol, Sequence
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from sklearn.metrics import average_precision_score
+from torch import Tensor
+
+from models.config import ExtractorConfig
+
+QUERY_SECONDS = (6, 10, 15, 20, 25, 30, 40, 50, 60)
+FULL = "full"
+LENGTH_KEYS = (FULL, *(str(s) for s in QUERY_SECONDS))
+METHODS = ("two_stage", "exhaustive")
+
+Embed = Callable[[Tensor], Tensor]  # (bins, frames) raw CQT -> (N, D) local embeddings
+
+
+@dataclass(frozen=True, eq=False)
+class Recording:
+    recording_id: str
+    work_id: str
+    spectrogram: Tensor  # (bins, frames) raw CQT magnitude, float32 or float16
+
+
+@dataclass(frozen=True, eq=False)
+class Query:
+    recording_id: str  # the recording it was cut from
+    work_id: str
+    length: str  # "full" or the clip length in seconds ("6", "10", ...): the results key
+    start_frame: int
+    spectrogram: Tensor = field(repr=False)  # (bins, frames): a view into the source recording
+
+
+class Match(Protocol):
+    track_id: str
+    score: float
+
+
+class SearchIndex(Protocol):
+    """What `evaluate` needs from `index.local_index.LocalIndex`."""
+
+    def add(self, track_id: str, vectors: np.ndarray, starts_s: Optional[np.ndarray] = None) -> None: ...
+
+    def search(self, query: np.ndarray, top_k: int, k_neighbours: Optional[int] = None) -> list: ...
+
+    def search_exhaustive(self, query: np.ndarray, top_k: int) -> list: ...
+
+
+IndexFactory = Callable[[int, int], SearchIndex]  # (dim, k_neighbours) -> empty index
+
+
+# -- queries -------------------------------------------------------------------
+
+
+def clip_frames(seconds: float, frame_seconds: float) -> int:
+    return int(round(seconds / frame_seconds))
+
+
+def _recording_rng(seed: int, recording_id: str) -> np.random.Generator:
+    # seeded per recording (crc32 is stable across processes, unlike hash()),
+    # so adding or reordering recordings does not move any other clip
+    return np.random.default_rng([seed, zlib.crc32(recording_id.encode())])
+
+
+def build_queries(
+    recordings: Sequence[Recording],
+    seed: int,
+    frame_seconds: Optional[float] = None,
+    lengths: Sequence[float] = QUERY_SECONDS,
+) -> list[Query]:
+    """Per recording: the full track, then one clip of each length at a seeded random frame.
+
+    A clip longer than its recording is skipped (see `skipped_clips`).
+    """
+    frame_seconds = ExtractorConfig().frame_seconds if frame_seconds is None else frame_seconds
+    queries: list[Query] = []
+    for rec in recordings:
+        total = rec.spectrogram.shape[-1]
+        queries.append(Query(rec.recording_id, rec.work_id, FULL, 0, rec.spectrogram))
+        rng = _recording_rng(seed, rec.recording_id)
+        for seconds in lengths:
+            n = clip_frames(seconds, frame_seconds)
+            if n > total:
+                continue
+            start = int(rng.integers(0, total - n + 1))
+            queries.append(Query(rec.recording_id, rec.work_id, f"{seconds:g}", start, rec.spectrogram[:, start : start + n]))
+    return queries
+
+
+def skipped_clips(
+    recordings: Sequence[Recording],
+    frame_seconds: Optional[float] = None,
+    lengths: Sequence[float] = QUERY_SECONDS,
+) -> dict[str, int]:
+    """Per clip length, how many recordings are too short to cut it from."""
+    frame_seconds = ExtractorConfig().frame_seconds if frame_seconds is None else frame_seconds
+    return {
+        f"{s:g}": sum(rec.spectrogram.shape[-1] < clip_frames(s, frame_seconds) for rec in recordings) for s in lengths
+    }
+
+
+# -- metrics -------------------------------------------------------------------
+
+
+def _as_arrays(scores, relevant) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(scores, dtype=np.float64)
+    relevant = np.asarray(relevant, dtype=bool)
+    if scores.ndim != 1 or scores.shape != relevant.shape:
+        raise ValueError(f"scores {scores.shape} and relevant {relevant.shape} must be 1-D and the same length")
+    if not relevant.any():
+        raise ValueError("no relevant item in the ranking: AP and rank are undefined; leave such queries out")
+    return scores, relevant
+
+
+def average_precision(scores, relevant) -> float:
+    """AP of one ranking: scores (higher = better) and a same-length boolean relevance mask."""
+    scores, relevant = _as_arrays(scores, relevant)
+    return float(average_precision_score(relevant, scores))
+
+
+def rank_of_first_relevant(scores, relevant) -> int:
+    """1-based rank of the best-scoring relevant item; ties with non-relevant items count against it."""
+    scores, relevant = _as_arrays(scores, relevant)
+    best = scores[relevant].max()
+    return 1 + int((scores[~relevant] >= best).sum())
+
+
+# -- retrieval -------------------------------------------------------------------
+
+
+def _local_index(dim: int, k_neighbours: int) -> SearchIndex:
+    # imported here so this module (and its tests with a fake index) load without hnswlib
+    from index.local_index import LocalIndex
+
+    return LocalIndex(dim, k_neighbours=k_neighbours)
+
+
+def scores_for(matches: Sequence[Match], candidates: Sequence[str]) -> np.ndarray:
+    """Score of every candidate track; one the search did not return scores 0 (the paper's rule)."""
+    by_id = {m.track_id: float(m.score) for m in matches}
+    return np.array([by_id.get(c, 0.0) for c in candidates], dtype=np.float64)
+
+
+def _embed(embed: Embed, spectrogram: Tensor) -> np.ndarray:
+    with torch.no_grad():
+        out = embed(spectrogram)
+    if out.dim() != 2 or out.shape[0] < 1:
+        raise ValueError(f"embed must return (N, D) with N >= 1, got shape {tuple(out.shape)}")
+    return np.ascontiguousarray(out.detach().float().cpu().numpy())
+
+
+def _summary(aps: list[float], ranks: list[int]) -> dict:
+    if not aps:
+        return {"mAP": None, "MR1": None, "queries": 0}
+    return {"mAP": float(np.mean(aps)), "MR1": float(np.mean(ranks)), "queries": len(aps)}
+
+
+def evaluate(
+    embed: Embed,
+    recordings: Sequence[Recording],
+    seed: int,
+    k_neighbours: int = 50,
+    exhaustive: bool = True,
+    index_factory: Optional[IndexFactory] = None,
+    frame_seconds: Optional[float] = None,
+) -> dict:
+    """Run the protocol. Returns {"two_stage": {length: {"mAP", "MR1", "queries"}}, "exhaustive": {...}, "protocol": {...}}.
+
+    Length keys are "full", "6", "10", ... (all present; a length without queries has mAP/MR1 None).
+    Queries whose work has no other recording in the database have no relevant item and are left out
+    (counted in protocol["without_relevant"]).
+    """
+    ids = [rec.recording_id for rec in recordings]
+    if len(set(ids)) != len(ids):
+        raise ValueError("recording ids must be unique")
+    if len(recordings) < 2:
+        raise ValueError(f"need at least 2 recordings to evaluate, got {len(recordings)}")
+
+    full = {rec.recording_id: _embed(embed, rec.spectrogram) for rec in recordings}
+    dims = {v.shape[1] for v in full.values()}
+    if len(dims) != 1:
+        raise ValueError(f"embed returned different dimensions {sorted(dims)} for different recordings")
+    index = (index_factory or _local_index)(dims.pop(), k_neighbours)
+    for rec_id, vectors in full.items():
+        index.add(rec_id, vectors)
+
+    work_of = {rec.recording_id: rec.work_id for rec in recordings}
+    methods = METHODS if exhaustive else METHODS[:1]
+    aps = {m: defaultdict(list) for m in methods}
+    ranks = {m: defaultdict(list) for m in methods}
+    without_relevant = 0
+    for query in build_queries(recordings, seed, frame_seconds):
+        candidates = [i for i in ids if i != query.recording_id]  # the source is never in the ranking
+        relevant = np.array([work_of[c] == query.work_id for c in candidates])
+        if not relevant.any():
+            without_relevant += 1
+            continue
+        vectors = full[query.recording_id] if query.length == FULL else _embed(embed, query.spectrogram)
+        for method in methods:
+            if method == "two_stage":
+                matches = index.search(vectors, top_k=len(ids), k_neighbours=k_neighbours)
+            else:
+                matches = index.search_exhaustive(vectors, top_k=len(ids))
+            scores = scores_for(matches, candidates)
+            aps[method][query.length].append(average_precision(scores, relevant))
+            ranks[method][query.length].append(rank_of_first_relevant(scores, relevant))
+
+    results: dict = {m: {key: _summary(aps[m][key], ranks[m][key]) for key in LENGTH_KEYS} for m in methods}
+    results["protocol"] = {
+        "seed": seed,
+        "k_neighbours": k_neighbours,
+        "recordings": len(recordings),
+        "works": len(set(work_of.values())),
+        "skipped_clips": skipped_clips(recordings, frame_seconds),
+        "without_relevant": without_relevant,
+    }
+    return results
+
+
+# -- report -------------------------------------------------------------------
+
+
+def _fmt(value: Optional[float], digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _table_row(key: str, results: dict[str, dict]) -> str:
+    counts = sorted({r["two_stage"][key]["queries"] for r in results.values()})
+    cells = [key if key == FULL else f"{key} s", "/".join(str(c) for c in counts)]
+    for r in results.values():
+        two = r["two_stage"][key]
+        exh = r.get("exhaustive", {}).get(key, {})
+        cells += [_fmt(two["mAP"], 3), _fmt(two["MR1"], 2), _fmt(exh.get("mAP"), 3)]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _markdown(results: dict[str, dict]) -> str:
+    header = ["query length", "queries"]
+    for name in results:
+        header += [f"{name} mAP", f"{name} MR1", f"{name} mAP (exhaustive)"]
+    lines = [
+        "# Evaluation: mAP and MR1 by query length",
+        "",
+        "Two-stage search unless marked exhaustive; the query's own recording is left out of its ranking.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    order = [*LENGTH_KEYS[1:], FULL]  # full track last, as in the paper's Fig. 2
+    lines += [_table_row(key, results) for key in order]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(results: dict[str, dict], path: Path) -> None:
+    order = [*LENGTH_KEYS[1:], FULL]
+    x = list(range(len(order)))  # evenly spaced categories: "full" has no length to place it by
+    fig = Figure(figsize=(7, 4.5))  # no pyplot: no global backend state, renders with Agg
+    ax = fig.add_subplot()
+    for name, r in results.items():
+        maps = [r["two_stage"][key]["mAP"] for key in order]
+        ax.plot(x, [math.nan if m is None else m for m in maps], marker="o", label=name)
+    ax.set_xticks(x, [key if key == FULL else f"{key}" for key in order])
+    ax.set_xlabel("query length (s)")
+    ax.set_ylabel("mAP (two-stage)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def write_report(results: dict[str, dict], out_dir: str | Path) -> dict[str, Path]:
+    """Write evaluation.json, evaluation.md and map_vs_length.png for {model name: evaluate() output}."""
+    if not results:
+        raise ValueError("write_report needs at least one model's results")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "evaluation.json", "markdown": out / "evaluation.md", "plot": out / "map_vs_length.png"}
+    paths["json"].write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
+    paths["markdown"].write_text(_markdown(results))
+    _plot(results, paths["plot"])
+    return paths

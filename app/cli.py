@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from pathlib import Path
 
 import soundfile as sf
@@ -48,6 +50,35 @@ def _cmd_demo_audio(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress_line(label: str):
+    """A progress callback printing one updating line to stderr."""
+    started = time.monotonic()
+
+    def report(done: int, total: int, failed: int) -> None:
+        elapsed = time.monotonic() - started
+        print(f"\r{label}: {done}/{total} ({failed} failed) {elapsed:.0f} s", end="" if done < total else "\n",
+              file=sys.stderr, flush=True)
+
+    return report
+
+
+def _cmd_corpus(args: argparse.Namespace) -> int:
+    from models.corpus.build import build, plan_jobs
+    from models.corpus.works import asap_works, pop909_works, procedural_works
+
+    works = []
+    if "valid" in args.splits:
+        works += asap_works(args.data / "asap")
+    if "train" in args.splits:
+        works += pop909_works(args.data / "pop909")[: args.pop909_works] + procedural_works(args.procedural, args.seed)
+    jobs = plan_jobs(works, args.versions, args.seed, args.seconds)
+    done, errors = build(jobs, args.cache, ExtractorConfig(), args.workers, _progress_line("rendering"))
+    for error in errors[:20]:
+        print(f"skipped: {error}", file=sys.stderr)
+    print(f"{done} of {len(jobs)} versions cached in {args.cache} ({len(errors)} failed)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coverid", description="Cover song identification on short clips")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--model", type=Path, help="extractor artifact (default: COVERID_MODEL_PATH)")
     embed.add_argument("--device", help="auto, cpu or cuda (default: COVERID_DEVICE)")
     embed.set_defaults(run=_cmd_embed)
+
+    corpus = commands.add_parser("corpus", help="render MIDI works into versions and cache their CQT features")
+    corpus.add_argument("--data", type=Path, default=Path("../shared/data"), help="folder holding pop909/ and asap/")
+    corpus.add_argument("--cache", type=Path, default=Path("cache/corpus"))
+    corpus.add_argument("--splits", nargs="+", default=["valid", "train"], choices=["train", "valid"])
+    corpus.add_argument("--versions", type=int, default=3, help="rendered versions per training work")
+    corpus.add_argument("--pop909-works", type=int, default=909)
+    corpus.add_argument("--procedural", type=int, default=300, help="invented works added to training")
+    corpus.add_argument("--seconds", type=float, default=75.0, help="cap on a version's rendered length")
+    corpus.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    corpus.add_argument("--seed", type=int, default=0)
+    corpus.set_defaults(run=_cmd_corpus)
 
     demo = commands.add_parser("demo-audio", help="write a synthetic tune to an audio file")
     demo.add_argument("output", type=Path)

@@ -287,10 +287,10 @@ def _plot(results: dict[str, dict], path: Path) -> None:
     for name, r in results.items():
         maps = [r["two_stage"][key]["mAP"] for key in order]
         ax.plot(x, [math.nan if m is None else m for m in maps], marker="o", label=name)
-    ax.set_xticks(x, [key if key == FULL else f"{key}" for key in order])
+    ax.set_xticks(x, order)
     ax.set_xlabel("query length (s)")
     ax.set_ylabel("mAP (two-stage)")
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

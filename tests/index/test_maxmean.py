@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from index.maxmean import maxmean, pad_sequences
+from index.maxmean import maxmean, maxmean_best_pair, pad_sequences
 
 
 def reference_maxmean(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -69,3 +69,42 @@ def test_gradients_flow_for_the_loss():
     maxmean(query, proxies, query_mask=mask).sum().backward()
     assert torch.isfinite(query.grad).all() and torch.isfinite(proxies.grad).all()
     assert float(query.grad[0, 2].abs().sum()) == 0.0  # a padded feature gets no gradient
+
+
+def reference_best_pair(x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
+    table = F.normalize(x, dim=-1) @ F.normalize(y, dim=-1).T
+    best = int(table.argmax())
+    return best // y.shape[0], best % y.shape[0]
+
+
+def test_best_pair_gives_the_maxmean_score_and_the_highest_cosine_pair():
+    candidates = random_sequences([1, 3, 7, 12], seed=6)
+    query = random_sequences([4], seed=7)[0]
+    padded, mask = pad_sequences(candidates)
+    scores, query_index, candidate_index = maxmean_best_pair(query, padded, candidate_mask=mask)
+    assert torch.allclose(scores, maxmean(query, padded, candidate_mask=mask), atol=1e-6)
+    for d, candidate in enumerate(candidates):
+        assert (int(query_index[d]), int(candidate_index[d])) == reference_best_pair(query, candidate)
+
+
+def test_best_pair_never_points_into_padding():
+    # padding equal to a query feature would be the best pair if it were not masked
+    query, candidate = random_sequences([3, 2], seed=8)
+    padded = torch.cat([candidate, query])[None]
+    mask = torch.tensor([[True, True, False, False, False]])
+    _, query_index, candidate_index = maxmean_best_pair(query, padded, candidate_mask=mask)
+    assert int(candidate_index[0]) < 2
+    assert (int(query_index[0]), int(candidate_index[0])) == reference_best_pair(query, candidate)
+
+
+def test_best_pair_batched_with_query_masks():
+    queries = random_sequences([2, 5], seed=9)
+    candidates = random_sequences([4, 1, 6], seed=10)
+    q, q_mask = pad_sequences(queries)
+    c, c_mask = pad_sequences(candidates)
+    scores, query_index, candidate_index = maxmean_best_pair(q, c, q_mask, c_mask)
+    assert scores.shape == query_index.shape == candidate_index.shape == (2, 3)
+    assert torch.allclose(scores, maxmean(q, c, q_mask, c_mask), atol=1e-6)
+    for b, query in enumerate(queries):
+        for d, candidate in enumerate(candidates):
+            assert (int(query_index[b, d]), int(candidate_index[b, d])) == reference_best_pair(query, candidate)

@@ -1,0 +1,481 @@
+"""Local-embedding index with ByteCover3's two-stage search (paper, section 2.3).
+
+Stage one asks HNSW for the K nearest stored chunks of every query chunk; the
+tracks those chunks belong to are the candidates. Stage two scores every
+candidate against the whole query with MaxMean, in one batched call. A track
+that no query chunk reaches in stage one is not returned at all: the paper sets
+the similarity of such tracks to 0 (section 3.1), so a caller that needs a score
+for every track reads "absent" as 0, or uses search_exhaustive (the all-pairs
+baseline, for measuring recall and for evaluation).
+
+Every stored vector has a slot: a row of one contiguous float32 array and, the
+same number, its hnswlib label. Removing a track marks its slots deleted in
+hnswlib and frees them; the next add writes over freed slots before taking new
+ones, so add/remove churn does not grow memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from contextlib import suppress
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import hnswlib
+import numpy as np
+import torch
+
+from index.maxmean import maxmean_best_pair, pad_sequences
+from index.rwlock import RWLock
+
+FORMAT = "coverid-local-index"
+FORMAT_VERSION = 1
+HEADER_MEMBER = "header.json"
+GRAPH_MEMBER = "hnsw.bin"
+
+PathLike = Union[str, os.PathLike]
+
+
+class DuplicateTrack(KeyError):
+    """add() of a track id that is already indexed (without replace=True)."""
+
+
+class UnknownTrack(KeyError):
+    """remove() of a track id that is not indexed."""
+
+
+class SnapshotMismatch(ValueError):
+    """A snapshot whose format, dimension or model id differs from what the caller expects."""
+
+
+@dataclass(frozen=True)
+class Match:
+    """One retrieved track; the segments are its single highest-cosine (query chunk, reference chunk) pair."""
+
+    track_id: str
+    score: float  # MaxMean, the shorter sequence first
+    query_segment: int
+    reference_segment: int
+    query_start_s: Optional[float]
+    reference_start_s: Optional[float]
+
+
+@dataclass(frozen=True)
+class SnapshotHeader:
+    format_version: int
+    dim: int
+    model_id: str
+    vector_count: int  # live vectors
+    track_count: int
+    slot_count: int  # slots ever used, live or freed: the size of the hnswlib graph
+    capacity: int
+    k_neighbours: int
+    m: int
+    ef_construction: int
+    ef_search: int
+
+
+@dataclass(frozen=True)
+class _Track:
+    slots: np.ndarray  # (N,) int64, in segment order
+    starts_s: Optional[np.ndarray]  # (N,) float64 chunk start times, when the caller gave them
+
+
+class LocalIndex:
+    """Local embeddings of many tracks; thread safe (searches run together, add/remove are exclusive)."""
+
+    def __init__(
+        self,
+        dim: int,
+        k_neighbours: int = 50,
+        m: int = 16,
+        ef_construction: int = 200,
+        ef_search: int = 100,
+        initial_capacity: int = 1024,
+    ) -> None:
+        _check_positive(
+            dim=dim, k_neighbours=k_neighbours, m=m, ef_construction=ef_construction,
+            ef_search=ef_search, initial_capacity=initial_capacity,
+        )
+        self._dim = dim
+        self._k = k_neighbours
+        self._m = m
+        self._ef_construction = ef_construction
+        self._ef_search = ef_search
+        self._hnsw = hnswlib.Index(space="ip", dim=dim)  # inner product = cosine on unit vectors
+        # allow_replace_deleted stays False on purpose: hnswlib's replace_deleted gives the new label to an
+        # arbitrary deleted element, and since our labels (= slots) are reused its label map then goes stale
+        # (a later mark_deleted fails with "Label not found"). Without it, adding a deleted label unmarks
+        # and overwrites that very element: the slot reuse we want, with the same memory bound.
+        self._hnsw.init_index(
+            max_elements=initial_capacity, ef_construction=ef_construction, M=m, allow_replace_deleted=False
+        )
+        self._hnsw.set_ef(max(ef_search, k_neighbours))
+        self._vectors = np.zeros((initial_capacity, dim), dtype=np.float32)  # (capacity, dim), row = slot
+        self._owners: list[Optional[str]] = [None] * initial_capacity  # slot -> track id
+        self._tracks: dict[str, _Track] = {}
+        self._free: list[int] = []  # freed slots, deleted in hnswlib, reused first
+        self._used = 0  # slots [0, used) have been handed out at least once
+        self._live = 0
+        self._lock = RWLock()
+
+    # ---- sizes and membership
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def k_neighbours(self) -> int:
+        return self._k
+
+    @property
+    def ef(self) -> int:
+        """hnswlib's query-time ef; always >= k_neighbours."""
+        return self._hnsw.ef
+
+    @property
+    def capacity(self) -> int:
+        with self._lock.read():
+            return len(self._vectors)
+
+    @property
+    def vector_count(self) -> int:
+        with self._lock.read():
+            return self._live
+
+    def __len__(self) -> int:
+        with self._lock.read():
+            return len(self._tracks)
+
+    def contains(self, track_id: str) -> bool:
+        with self._lock.read():
+            return track_id in self._tracks
+
+    def track_ids(self) -> list[str]:
+        with self._lock.read():
+            return list(self._tracks)
+
+    # ---- changes
+
+    def add(
+        self, track_id: str, vectors: np.ndarray, starts_s: Optional[np.ndarray] = None, replace: bool = False
+    ) -> None:
+        """Index a track's local embeddings, (N, dim) in segment order, with optional chunk starts (N,) in seconds."""
+        rows = self._unit_rows(vectors, "vectors")
+        starts = _check_starts(starts_s, len(rows), "starts_s")
+        with self._lock.write():
+            if track_id in self._tracks:
+                if not replace:
+                    raise DuplicateTrack(f"track {track_id!r} is already indexed; pass replace=True to overwrite it")
+                self._drop(track_id)
+            slots = self._take_slots(len(rows))
+            self._vectors[slots] = rows
+            try:
+                self._hnsw.add_items(rows, slots)
+            except BaseException:
+                self._give_back(slots)
+                raise
+            self._tracks[track_id] = _Track(slots, starts)
+            for slot in slots.tolist():
+                self._owners[slot] = track_id
+            self._live += len(slots)
+
+    def remove(self, track_id: str) -> None:
+        """Drop a track; it is gone from every search that starts after this returns."""
+        with self._lock.write():
+            if track_id not in self._tracks:
+                raise UnknownTrack(f"track {track_id!r} is not indexed")
+            self._drop(track_id)
+
+    def _drop(self, track_id: str) -> None:
+        track = self._tracks.pop(track_id)
+        for slot in track.slots.tolist():
+            self._hnsw.mark_deleted(slot)
+            self._owners[slot] = None
+        self._free.extend(track.slots.tolist())
+        self._live -= len(track.slots)
+
+    def _take_slots(self, count: int) -> np.ndarray:
+        reused = [self._free.pop() for _ in range(min(count, len(self._free)))]
+        fresh = count - len(reused)
+        if self._used + fresh > len(self._vectors):
+            self._grow(self._used + fresh)
+        slots = reused + list(range(self._used, self._used + fresh))
+        self._used += fresh
+        return np.asarray(slots, dtype=np.int64)
+
+    def _give_back(self, slots: np.ndarray) -> None:
+        """Undo _take_slots after add_items failed part way: whatever it added must not be found."""
+        for slot in slots.tolist():
+            with suppress(RuntimeError):  # a label add_items never reached is not in the graph
+                self._hnsw.mark_deleted(slot)
+        self._free.extend(slots.tolist())
+
+    def _grow(self, needed: int) -> None:
+        capacity = len(self._vectors)
+        while capacity < needed:
+            capacity *= 2
+        self._hnsw.resize_index(capacity)
+        grown = np.zeros((capacity, self._dim), dtype=np.float32)
+        grown[: self._used] = self._vectors[: self._used]
+        self._vectors = grown
+        self._owners.extend([None] * (capacity - len(self._owners)))
+
+    # ---- search
+
+    def search(
+        self,
+        query: np.ndarray,
+        top_k: int = 10,
+        k_neighbours: Optional[int] = None,
+        query_starts_s: Optional[np.ndarray] = None,
+    ) -> list[Match]:
+        """Two-stage search: HNSW candidates, then MaxMean over them. query: (M, dim); best first.
+
+        Tracks that stage one does not reach are left out (the paper scores them 0).
+        """
+        rows = self._unit_rows(query, "query")
+        starts = _check_starts(query_starts_s, len(rows), "query_starts_s")
+        k = self._k if k_neighbours is None else k_neighbours
+        _check_positive(top_k=top_k, k_neighbours=k)
+        with self._lock.read():
+            if self._live == 0:
+                return []
+            # hnswlib raises when asked for more neighbours than it holds live; it searches with
+            # max(ef, k), so a k above the configured ef still gets a wide enough beam
+            labels, _ = self._hnsw.knn_query(rows, k=min(k, self._live))
+            candidates = list(dict.fromkeys(self._owners[label] for label in labels.ravel().tolist()))
+            return self._best(rows, starts, candidates, top_k)
+
+    def search_exhaustive(
+        self,
+        query: np.ndarray,
+        top_k: int = 10,
+        query_starts_s: Optional[np.ndarray] = None,
+        block_tracks: int = 2048,
+    ) -> list[Match]:
+        """All-pairs MaxMean against every track, block_tracks at a time to bound memory; best first."""
+        rows = self._unit_rows(query, "query")
+        starts = _check_starts(query_starts_s, len(rows), "query_starts_s")
+        _check_positive(top_k=top_k, block_tracks=block_tracks)
+        with self._lock.read():
+            track_ids = list(self._tracks)
+            best: list[Match] = []
+            for first in range(0, len(track_ids), block_tracks):
+                block = self._best(rows, starts, track_ids[first : first + block_tracks], top_k)
+                best = _ranked(best + block)[:top_k]
+            return best
+
+    def _best(
+        self, rows: np.ndarray, query_starts: Optional[np.ndarray], track_ids: list[str], top_k: int
+    ) -> list[Match]:
+        """One batched MaxMean of the query against track_ids; their top_k as Matches. Caller holds the lock."""
+        if not track_ids:
+            return []
+        tracks = [self._tracks[track_id] for track_id in track_ids]
+        padded, mask = pad_sequences([torch.from_numpy(self._vectors[track.slots]) for track in tracks])
+        scores, query_index, reference_index = maxmean_best_pair(torch.from_numpy(rows), padded, candidate_mask=mask)
+        scores, query_index, reference_index = scores.tolist(), query_index.tolist(), reference_index.tolist()
+        order = sorted(range(len(tracks)), key=lambda i: (-scores[i], track_ids[i]))[:top_k]
+        return [
+            Match(
+                track_id=track_ids[i],
+                score=scores[i],
+                query_segment=query_index[i],
+                reference_segment=reference_index[i],
+                query_start_s=_start(query_starts, query_index[i]),
+                reference_start_s=_start(tracks[i].starts_s, reference_index[i]),
+            )
+            for i in order
+        ]
+
+    def _unit_rows(self, vectors: np.ndarray, name: str) -> np.ndarray:
+        """(N, dim) finite, non-zero rows -> contiguous float32 unit rows (inner product is then cosine)."""
+        array = np.asarray(vectors, dtype=np.float32)
+        if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] != self._dim:
+            raise ValueError(f"{name} must have shape (N, {self._dim}) with N >= 1; got {array.shape}")
+        if not np.isfinite(array).all():
+            raise ValueError(f"{name} of shape (N, {self._dim}) contain NaN or infinite values")
+        norms = np.linalg.norm(array, axis=1, keepdims=True)
+        if (norms == 0).any():
+            raise ValueError(f"{name} contain an all-zero row, which has no direction")
+        return np.ascontiguousarray(array / norms)
+
+    # ---- snapshot
+
+    def save(self, path: PathLike, model_id: str) -> SnapshotHeader:
+        """Write one snapshot file atomically (temp file beside it, fsync, os.replace). Searches may go on meanwhile."""
+        path = Path(path)
+        with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+            graph = Path(scratch) / GRAPH_MEMBER
+            with self._lock.read():  # a consistent view; only writers wait
+                header = self._header(model_id)
+                arrays = self._track_arrays()
+                self._hnsw.save_index(str(graph))
+            _write_atomically(path, header, arrays, graph)
+        return header
+
+    def _header(self, model_id: str) -> SnapshotHeader:
+        return SnapshotHeader(
+            format_version=FORMAT_VERSION, dim=self._dim, model_id=model_id, vector_count=self._live,
+            track_count=len(self._tracks), slot_count=self._used, capacity=len(self._vectors),
+            k_neighbours=self._k, m=self._m, ef_construction=self._ef_construction, ef_search=self._ef_search,
+        )
+
+    def _track_arrays(self) -> dict[str, np.ndarray]:
+        """The tracks as flat arrays; the vectors themselves travel inside the hnswlib graph."""
+        tracks = list(self._tracks.values())
+        lengths = [len(track.slots) for track in tracks]
+        starts = [np.full(n, np.nan) if track.starts_s is None else track.starts_s for track, n in zip(tracks, lengths)]
+        return {
+            "track_ids": np.frombuffer(json.dumps(list(self._tracks)).encode(), dtype=np.uint8),
+            "track_offsets": np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64),
+            "track_slots": np.concatenate([track.slots for track in tracks] or [np.zeros(0, np.int64)]),
+            "track_starts_s": np.concatenate(starts or [np.zeros(0)]),  # NaN where a track has none
+            "track_has_starts": np.asarray([track.starts_s is not None for track in tracks], dtype=bool),
+            "free_slots": np.asarray(self._free, dtype=np.int64),
+        }
+
+    @classmethod
+    def load(
+        cls,
+        path: PathLike,
+        expected_model_id: str,
+        dim: int,
+        k_neighbours: Optional[int] = None,
+        ef_search: Optional[int] = None,
+    ) -> "LocalIndex":
+        """Read a snapshot, refusing one of another format version, dim or model id (SnapshotMismatch).
+
+        k_neighbours and ef_search default to the snapshot's; ef is set to max(ef_search, k_neighbours).
+        """
+        header = read_header(path)
+        if header.dim != dim:
+            raise SnapshotMismatch(f"snapshot dim {header.dim} != expected {dim}")
+        if header.model_id != expected_model_id:
+            raise SnapshotMismatch(f"snapshot model_id {header.model_id!r} != expected {expected_model_id!r}")
+        index = cls(
+            dim,
+            header.k_neighbours if k_neighbours is None else k_neighbours,
+            header.m,
+            header.ef_construction,
+            header.ef_search if ef_search is None else ef_search,
+            initial_capacity=1,  # _restore sets the real capacity
+        )
+        with zipfile.ZipFile(path) as archive, tempfile.TemporaryDirectory() as scratch:
+            arrays = {name[:-4]: _read_array(archive, name) for name in archive.namelist() if name.endswith(".npy")}
+            graph = Path(scratch) / GRAPH_MEMBER
+            with archive.open(GRAPH_MEMBER) as source, open(graph, "wb") as target:
+                shutil.copyfileobj(source, target)
+            index._restore(header, arrays, graph)
+        return index
+
+    def _restore(self, header: SnapshotHeader, arrays: dict[str, np.ndarray], graph: Path) -> None:
+        self._hnsw = hnswlib.Index(space="ip", dim=self._dim)
+        self._hnsw.load_index(str(graph), max_elements=header.capacity, allow_replace_deleted=False)
+        self._hnsw.set_ef(max(self._ef_search, self._k))  # load_index resets ef to hnswlib's default
+        track_ids = json.loads(arrays["track_ids"].tobytes())
+        offsets, slots, starts = arrays["track_offsets"], arrays["track_slots"], arrays["track_starts_s"]
+        counts = (len(track_ids), len(slots), self._hnsw.get_current_count())
+        if counts != (header.track_count, header.vector_count, header.slot_count):
+            raise ValueError(f"snapshot is inconsistent: its header says {header}, its arrays disagree")
+        self._vectors = np.zeros((header.capacity, self._dim), dtype=np.float32)
+        if len(slots):
+            self._vectors[slots] = self._hnsw.get_items(slots, return_type="numpy")
+        self._owners = [None] * header.capacity
+        for i, track_id in enumerate(track_ids):
+            span = slice(offsets[i], offsets[i + 1])
+            has_starts = bool(arrays["track_has_starts"][i])
+            self._tracks[track_id] = _Track(slots[span].copy(), starts[span].copy() if has_starts else None)
+            for slot in slots[span].tolist():
+                self._owners[slot] = track_id
+        self._free = arrays["free_slots"].tolist()
+        self._used = header.slot_count
+        self._live = len(slots)
+
+    @staticmethod
+    def read_header(path: PathLike) -> SnapshotHeader:
+        """The module's read_header, reachable from the class."""
+        return read_header(path)
+
+
+def read_header(path: PathLike) -> SnapshotHeader:
+    """The snapshot's header alone (the arrays stay on disk), e.g. to compare vector_count with a store."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            fields = json.loads(archive.read(HEADER_MEMBER))
+    except (zipfile.BadZipFile, KeyError) as error:
+        raise SnapshotMismatch(f"{os.fspath(path)} is not a {FORMAT} snapshot: {error}") from error
+    if fields.get("format") != FORMAT:
+        raise SnapshotMismatch(f"snapshot format {fields.get('format')!r} != expected {FORMAT!r}")
+    if fields.get("format_version") != FORMAT_VERSION:
+        raise SnapshotMismatch(f"snapshot format_version {fields.get('format_version')!r} != expected {FORMAT_VERSION}")
+    del fields["format"]
+    return SnapshotHeader(**fields)
+
+
+def _write_atomically(path: Path, header: SnapshotHeader, arrays: dict[str, np.ndarray], graph: Path) -> None:
+    """A zip (stored, not compressed: embeddings do not compress) written beside path, then renamed over it."""
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            with zipfile.ZipFile(file, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+                archive.writestr(HEADER_MEMBER, json.dumps({"format": FORMAT, **asdict(header)}))
+                for name, array in arrays.items():
+                    with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                        np.save(member, array, allow_pickle=False)
+                archive.write(graph, GRAPH_MEMBER)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename itself durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_array(archive: zipfile.ZipFile, name: str) -> np.ndarray:
+    with archive.open(name) as member:
+        return np.load(member, allow_pickle=False)
+
+
+def _ranked(matches: list[Match]) -> list[Match]:
+    """Best first; ties by track id so the order never depends on candidate order."""
+    return sorted(matches, key=lambda match: (-match.score, match.track_id))
+
+
+def _start(starts_s: Optional[np.ndarray], segment: int) -> Optional[float]:
+    return None if starts_s is None else float(starts_s[segment])
+
+
+def _check_starts(starts_s: Optional[np.ndarray], count: int, name: str) -> Optional[np.ndarray]:
+    if starts_s is None:
+        return None
+    starts = np.asarray(starts_s, dtype=np.float64)
+    if starts.shape != (count,) or not np.isfinite(starts).all():
+        raise ValueError(
+            f"{name} must be {count} finite start times in seconds, one per vector; got shape {starts.shape}"
+        )
+    return starts.copy()
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if int(value) != value or value < 1:
+            raise ValueError(f"{name} must be a positive integer; got {value!r}")

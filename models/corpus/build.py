@@ -1,0 +1,150 @@
+"""Build the feature cache: one float16 CQT (the front end's `spectrogram`) per version, in parallel.
+
+Layout: <cache>/<split>/<work_id>/v<NN>.npy (bins x frames) with a .json sidecar
+holding the version's plan. A job whose .npy exists is skipped, and every file
+is written to a temporary name and renamed, so an interrupted build resumes
+where it stopped. <cache>/frontend.json records the CQT settings; a cache built
+with other settings is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+import pretty_midi
+import torch
+
+from models.config import ExtractorConfig
+from models.corpus import procedural
+from models.corpus.arrange import arrange, plan_version, truncate
+from models.corpus.render import RenderError, apply_chain, available_soundfonts, plan_chain, synthesise
+from models.corpus.works import Work
+from models.frontend import FrontEnd
+
+FRONTEND_KEYS = ("sample_rate", "cqt_bins", "cqt_bins_per_octave", "cqt_fmin", "cqt_hop", "cqt_window")
+
+
+@dataclass(frozen=True)
+class Job:
+    work: Work
+    version: int
+    seed: int
+    max_seconds: float
+
+    def path(self, cache: Path) -> Path:
+        return cache / self.work.split / self.work.work_id / f"v{self.version:02d}.npy"
+
+
+def plan_jobs(works: Iterable[Work], versions_per_work: int, seed: int, max_seconds: float) -> list[Job]:
+    """Rendered versions per work; a real-performance work (ASAP) gets one job per performance."""
+    jobs = []
+    for work in works:
+        count = len(work.sources) if work.kind == "asap" else versions_per_work
+        for version in range(count):
+            job_seed = int(np.random.SeedSequence([seed, version, *work.work_id.encode()]).generate_state(1)[0])
+            jobs.append(Job(work, version, job_seed, max_seconds))
+    return jobs
+
+
+def check_cache_settings(cache: Path, config: ExtractorConfig) -> None:
+    wanted = {key: getattr(config, key) for key in FRONTEND_KEYS}
+    marker = cache / "frontend.json"
+    if marker.exists():
+        stored = json.loads(marker.read_text())
+        if stored != wanted:
+            raise ValueError(f"cache {cache} was built with front end {stored}, not {wanted}; use another --cache")
+    else:
+        cache.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps(wanted, indent=2))
+
+
+def build(
+    jobs: list[Job],
+    cache: Path,
+    config: ExtractorConfig,
+    workers: int,
+    progress: Optional[Callable[[int, int, int], None]] = None,
+) -> tuple[int, list[str]]:
+    """Run the jobs not yet cached. Returns (versions now cached, error messages of failed jobs)."""
+    check_cache_settings(cache, config)
+    todo = [job for job in jobs if not job.path(cache).exists()]
+    errors: list[str] = []
+    done = len(jobs) - len(todo)
+    context = multiprocessing.get_context("fork")
+    with context.Pool(workers, initializer=_init_worker, initargs=(config, str(cache))) as pool:
+        for error in pool.imap_unordered(_run_job, todo, chunksize=4):
+            done += 1
+            if error:
+                errors.append(error)
+            if progress:
+                progress(done, len(jobs), len(errors))
+    return len(jobs) - len(errors), errors
+
+
+_FRONTEND: Optional[FrontEnd] = None
+_CACHE: Optional[Path] = None
+_RATE = 0
+
+
+def _init_worker(config: ExtractorConfig, cache: str) -> None:
+    global _FRONTEND, _CACHE, _RATE
+    torch.set_num_threads(1)  # one process per core
+    _FRONTEND = FrontEnd(config).eval()
+    _CACHE = Path(cache)
+    _RATE = config.sample_rate
+
+
+def _run_job(job: Job) -> Optional[str]:
+    try:
+        spectrogram, meta = render_job(job, _FRONTEND, _RATE, str(_CACHE))
+    except (RenderError, OSError, ValueError, IndexError, EOFError) as err:
+        return f"{job.work.work_id} v{job.version}: {err}"
+    _save(job.path(_CACHE), spectrogram, meta)
+    return None
+
+
+def render_job(job: Job, frontend: FrontEnd, rate: int, work_dir: str) -> tuple[np.ndarray, dict]:
+    """MIDI -> version -> audio -> recording chain -> (bins, frames) float16 CQT."""
+    rng = np.random.default_rng(job.seed)
+    soundfonts = available_soundfonts()
+    font = str(rng.choice(sorted(soundfonts)))
+    if job.work.kind == "asap":
+        midi = truncate(pretty_midi.PrettyMIDI(job.work.sources[job.version]), job.max_seconds)
+        plan, chain = {"performance": os.path.basename(job.work.sources[job.version])}, plan_chain(rng, clean=True)
+        font = "fluidr3" if "fluidr3" in soundfonts else font
+    else:
+        if job.work.kind == "procedural":
+            source = procedural.generate(int(job.work.sources[0]))
+            source_name = "procedural"
+        else:
+            index = 0 if job.version == 0 else int(rng.integers(len(job.work.sources)))
+            source_name = os.path.basename(job.work.sources[index])
+            source = pretty_midi.PrettyMIDI(job.work.sources[index])
+        plan = plan_version(rng, original=job.version == 0)
+        plan["source"] = source_name
+        midi = arrange(source, plan, rng, job.max_seconds)
+        chain = plan_chain(rng, clean=job.version == 0)
+    if not midi.instruments or midi.get_end_time() < 1.0:
+        raise ValueError("the version has no notes")
+    audio = synthesise(midi, soundfonts[font], rate, reverb=bool(rng.random() < 0.5), work_dir=work_dir)
+    audio = apply_chain(audio, rate, chain, rng)
+    with torch.inference_mode():
+        spectrogram = frontend.spectrogram(torch.from_numpy(audio)).numpy().astype(np.float16)
+    meta = {"work_id": job.work.work_id, "version": job.version, "kind": job.work.kind, "soundfont": font,
+            "seconds": round(audio.shape[0] / rate, 2), "plan": plan, "chain": chain}
+    return spectrogram, meta
+
+
+def _save(path: Path, spectrogram: np.ndarray, meta: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
+        np.save(handle, spectrogram)
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    os.replace(handle.name, path)  # the .npy appears last: its presence means the version is complete

@@ -1,0 +1,161 @@
+"""Training data: cached CQTs grouped by work, P x K batches, crops and CQT-domain augmentation.
+
+A sample is a whole cached version or a random crop of it; either way it goes
+through `FrontEnd.chunk`, the same chunking as serving. Within one batch all
+full-length samples are trimmed to the shortest of them and all crops share
+one length, so every group stacks into one network call without padding.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from models.audio import decode_audio
+from models.config import ExtractorConfig
+from models.frontend import FrontEnd
+
+
+@dataclass
+class FeatureCorpus:
+    """Spectrograms (bins, frames) float16 of every version, grouped by work."""
+
+    work_ids: list[str]
+    versions: list[list[np.ndarray]]  # versions[w] = spectrograms of work w
+
+    @property
+    def version_count(self) -> int:
+        return sum(len(v) for v in self.versions)
+
+    def summary(self) -> dict:
+        return {"works": len(self.work_ids), "versions": self.version_count}
+
+    @classmethod
+    def from_cache(cls, cache: Path, split: str, limit_works: Optional[int] = None, min_versions: int = 1) -> "FeatureCorpus":
+        work_ids, versions = [], []
+        for folder in sorted((cache / split).iterdir()):
+            files = sorted(folder.glob("v*.npy"))
+            if len(files) >= min_versions:
+                work_ids.append(folder.name)
+                versions.append([np.load(f) for f in files])
+            if limit_works and len(work_ids) >= limit_works:
+                break
+        if not work_ids:
+            raise ValueError(f"no cached versions under {cache / split}; run `coverid corpus` first")
+        return cls(work_ids, versions)
+
+    @classmethod
+    def from_csv(cls, table: Path, config: ExtractorConfig, cache: Path) -> "FeatureCorpus":
+        """Real recordings listed as `work_id,performance_id,path` (SHS100K-style); CQTs cached under `cache`."""
+        frontend = FrontEnd(config).eval()
+        grouped: dict[str, list[np.ndarray]] = {}
+        with open(table, newline="") as handle:
+            for row in csv.DictReader(handle):
+                target = cache / "csv" / row["work_id"] / f"{row['performance_id']}.npy"
+                if not target.exists():
+                    audio_path = (table.parent / row["path"]).resolve()
+                    waveform = decode_audio(audio_path, config.sample_rate)
+                    with torch.inference_mode():
+                        spec = frontend.spectrogram(waveform).numpy().astype(np.float16)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    np.save(target, spec)
+                grouped.setdefault(row["work_id"], []).append(np.load(target))
+        return cls(sorted(grouped), [grouped[w] for w in sorted(grouped)])
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    works_per_batch: int = 16  # P
+    versions_per_work: int = 4  # K
+    min_crop_seconds: float = 6.0
+    max_crop_seconds: float = 60.0
+    max_transpose_bins: int = 2
+    stretch: tuple[float, float] = (0.85, 1.18)
+    freq_mask_bins: int = 6
+    time_mask_fraction: float = 0.1
+
+
+@dataclass
+class Batch:
+    chunks: list[Tensor]  # groups of (n, 1, bins, T) with equal T
+    owners: list[Tensor]  # per group: (n,) index of the sample each chunk belongs to
+    labels: Tensor  # (B,) work index per sample
+
+
+class BatchSampler:
+    """P works x K versions; each work's versions alternate between full length and a crop (1:1)."""
+
+    def __init__(self, corpus: FeatureCorpus, frontend: FrontEnd, frame_seconds: float, plan: BatchPlan, seed: int):
+        self.corpus = corpus
+        self.frontend = frontend
+        self.frame_seconds = frame_seconds
+        self.plan = plan
+        self.rng = np.random.default_rng(seed)
+        self.multi = [w for w, v in enumerate(corpus.versions) if len(v) >= 2]
+        if len(self.multi) < plan.works_per_batch:
+            raise ValueError(f"need {plan.works_per_batch} works with 2+ versions, have {len(self.multi)}")
+
+    def __iter__(self) -> Iterator[Batch]:
+        while True:
+            yield self.sample()
+
+    def sample(self) -> Batch:
+        plan, rng = self.plan, self.rng
+        works = rng.choice(self.multi, size=plan.works_per_batch, replace=False)
+        picks = []
+        for w in works:
+            count = len(self.corpus.versions[w])
+            picks += [(int(w), int(v)) for v in rng.choice(count, plan.versions_per_work, replace=count < plan.versions_per_work)]
+        specs = [self._augment(torch.from_numpy(self.corpus.versions[w][v].astype(np.float32))) for w, v in picks]
+        full = specs[0::2]
+        crops = specs[1::2]
+        full_frames = min(s.shape[1] for s in full)
+        crop_frames = int(rng.uniform(plan.min_crop_seconds, plan.max_crop_seconds) / self.frame_seconds)
+        samples = [s[:, :full_frames] for s in full] + [self._crop(s, crop_frames) for s in crops]
+        order = list(range(0, len(specs), 2)) + list(range(1, len(specs), 2))
+        labels = torch.tensor([picks[i][0] for i in order])
+        groups: dict[int, list[tuple[int, Tensor]]] = {}
+        for index, spec in enumerate(samples):
+            chunks, _ = self.frontend.chunk(spec)
+            groups.setdefault(chunks.shape[-1], []).append((index, chunks))
+        chunk_groups = [torch.cat([c for _, c in g]) for g in groups.values()]
+        owners = [torch.cat([torch.full((c.shape[0],), i) for i, c in g]) for g in groups.values()]
+        return Batch(chunk_groups, owners, labels)
+
+    def _crop(self, spec: Tensor, frames: int) -> Tensor:
+        if spec.shape[1] <= frames:
+            return spec
+        start = int(self.rng.integers(0, spec.shape[1] - frames))
+        return spec[:, start : start + frames]
+
+    def _augment(self, spec: Tensor) -> Tensor:
+        plan, rng = self.plan, self.rng
+        shift = int(rng.integers(-plan.max_transpose_bins, plan.max_transpose_bins + 1))
+        if shift > 0:  # transposition: move bins up or down, filling with silence rather than wrapping
+            spec = F.pad(spec[:-shift], (0, 0, shift, 0))
+        elif shift < 0:
+            spec = F.pad(spec[-shift:], (0, 0, 0, -shift))
+        factor = float(rng.uniform(*plan.stretch))
+        frames = max(2, int(spec.shape[1] * factor))
+        spec = F.interpolate(spec[None], size=frames, mode="linear", align_corners=False)[0]
+        if plan.freq_mask_bins:
+            width = int(rng.integers(0, plan.freq_mask_bins + 1))
+            low = int(rng.integers(0, spec.shape[0] - width + 1))
+            spec[low : low + width] = 0
+        if plan.time_mask_fraction:
+            width = int(rng.uniform(0, plan.time_mask_fraction) * spec.shape[1])
+            start = int(rng.integers(0, spec.shape[1] - width + 1))
+            spec[:, start : start + width] = 0
+        return spec
+
+
+def read_version_meta(cache: Path, split: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((cache / split).glob("*/v*.json"))]

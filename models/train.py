@@ -1,0 +1,164 @@
+"""Training with the local alignment loss: resumable, seeded, CPU by default, CUDA when present.
+
+The run directory holds `checkpoint.pt` (weights, proxies, optimiser, step,
+random states and both configs: a checkpoint is never separated from its
+settings) and `log.jsonl` (one line per logged step or validation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from index.maxmean import pad_sequences
+from models.config import ExtractorConfig
+from models.dataset import Batch, BatchPlan, BatchSampler, FeatureCorpus
+from models.frontend import FrontEnd
+from models.losses import LocalAlignmentLoss
+from models.network import ResNetIBN, init_reduction_from_pca
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1200
+    lr: float = 1e-3
+    seed: int = 0
+    proxy_length: int = 4
+    margin: float = 0.2
+    batch: BatchPlan = field(default_factory=BatchPlan)
+    log_every: int = 10
+    checkpoint_every: int = 50
+    validate_every: int = 200
+    device: str = "auto"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        return cls(**{**data, "batch": BatchPlan(**data["batch"])})
+
+
+def global_config(config: ExtractorConfig) -> ExtractorConfig:
+    """The ByteCover2-style baseline: one chunk (one GeM) over the whole track, same code otherwise."""
+    return config.replace(chunk_seconds=3600.0, hop_seconds=3600.0)
+
+
+def embed_batch(network: ResNetIBN, batch: Batch, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Network over every chunk group, regrouped per sample: (B, N_max, C) and mask (B, N_max)."""
+    per_sample: dict[int, Tensor] = {}
+    for chunks, owners in zip(batch.chunks, batch.owners):
+        vectors = network(chunks.to(device))
+        for owner in owners.unique().tolist():
+            per_sample[owner] = vectors[owners.to(device) == owner]
+    return pad_sequences([per_sample[i] for i in range(len(per_sample))])
+
+
+def train(
+    corpus: FeatureCorpus,
+    model_config: ExtractorConfig,
+    train_config: TrainConfig,
+    run_dir: Path,
+    validate: Optional[Callable[[ResNetIBN, int], dict]] = None,
+    report: Optional[Callable[[dict], None]] = None,
+) -> Path:
+    """Train (or resume) until `train_config.steps`; returns the checkpoint path."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda" if train_config.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if train_config.device == "auto" else train_config.device)
+    torch.manual_seed(train_config.seed)
+    frontend = FrontEnd(model_config)
+    sampler = BatchSampler(corpus, frontend, model_config.frame_seconds, train_config.batch, train_config.seed)
+    network = ResNetIBN.from_config(model_config).to(device)
+    loss_fn = LocalAlignmentLoss(len(corpus.work_ids), model_config.embedding_dim, train_config.proxy_length,
+                                 train_config.margin).to(device)
+    optimiser = torch.optim.Adam([*network.parameters(), *loss_fn.parameters()], lr=train_config.lr)
+    step = _resume(run_dir / CHECKPOINT, network, loss_fn, optimiser, sampler)
+    if step == 0:
+        _pca_initialise(network, sampler, device)
+    log = open(run_dir / "log.jsonl", "a")
+    started = time.monotonic()
+    while step < train_config.steps:
+        network.train()
+        batch = sampler.sample()
+        embeddings, mask = embed_batch(network, batch, device)
+        terms = loss_fn(embeddings, mask.to(device), batch.labels.to(device))
+        optimiser.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        optimiser.step()
+        step += 1
+        if step % train_config.log_every == 0 or step == train_config.steps:
+            record = {"step": step, "seconds": round(time.monotonic() - started, 1),
+                      **{k: round(v.item(), 4) for k, v in terms.items()}}
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            if report:
+                report(record)
+        if step % train_config.checkpoint_every == 0 or step == train_config.steps:
+            _save(run_dir / CHECKPOINT, step, network, loss_fn, optimiser, sampler, model_config, train_config, corpus)
+        if validate and (step % train_config.validate_every == 0 or step == train_config.steps):
+            network.eval()
+            record = {"step": step, "validation": validate(network, step)}
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            if report:
+                report(record)
+    log.close()
+    return run_dir / CHECKPOINT
+
+
+@torch.no_grad()
+def _pca_initialise(network: ResNetIBN, sampler: BatchSampler, device: torch.device, batches: int = 2) -> None:
+    """Start the PCA-FC layer at the PCA of pooled features (ByteCover2), from a few batches."""
+    network.eval()
+    pooled = [network.pooled(chunks.to(device)) for _ in range(batches) for chunks in sampler.sample().chunks]
+    init_reduction_from_pca(network.reduction, torch.cat(pooled))
+
+
+def _save(path: Path, step: int, network, loss_fn, optimiser, sampler, model_config, train_config, corpus) -> None:
+    state = {
+        "step": step,
+        "network": network.state_dict(),
+        "loss": loss_fn.state_dict(),
+        "optimiser": optimiser.state_dict(),
+        "sampler_rng": sampler.rng.bit_generator.state,
+        "torch_rng": torch.get_rng_state(),
+        "model_config": model_config.to_dict(),
+        "train_config": train_config.to_dict(),
+        "corpus": corpus.summary(),
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _resume(path: Path, network, loss_fn, optimiser, sampler) -> int:
+    if not path.exists():
+        return 0
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    network.load_state_dict(state["network"])
+    loss_fn.load_state_dict(state["loss"])
+    optimiser.load_state_dict(state["optimiser"])
+    sampler.rng.bit_generator.state = state["sampler_rng"]
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"])
+
+
+def load_checkpoint(path: Path) -> tuple[ResNetIBN, ExtractorConfig, dict]:
+    """The trained network (eval mode), its extractor config and the raw checkpoint dict."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    config = ExtractorConfig.from_dict(state["model_config"])
+    network = ResNetIBN.from_config(config)
+    network.load_state_dict(state["network"])
+    return network.eval(), config, state

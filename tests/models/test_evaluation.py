@@ -1,0 +1,293 @@
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score
+
+from index.maxmean import maxmean, pad_sequences
+from models.config import ExtractorConfig
+from models.evaluation import (
+    LENGTH_KEYS,
+    QUERY_SECONDS,
+    Recording,
+    average_precision,
+    build_queries,
+    evaluate,
+    rank_of_first_relevant,
+    scores_for,
+    skipped_clips,
+    write_report,
+)
+
+FRAME_SECONDS = ExtractorConfig().frame_seconds
+WINDOW = 431  # frames of one local embedding (10 s) in the toy embeds below
+
+
+# -- a stand-in with LocalIndex's API, so these tests do not need hnswlib ------------
+
+
+@dataclass
+class FakeMatch:
+    track_id: str
+    score: float
+
+
+class FakeIndex:
+    """Exact two-stage search: stage one keeps the tracks holding one of the k nearest chunks of any query chunk."""
+
+    def __init__(self, dim: int, k_neighbours: int = 50):
+        self.k_neighbours = k_neighbours
+        self.ids: list[str] = []
+        self.vectors: list[torch.Tensor] = []
+
+    def add(self, track_id, vectors, starts_s=None):
+        self.ids.append(track_id)
+        self.vectors.append(torch.from_numpy(vectors))
+
+    def _rank(self, query, ids):
+        seqs = [self.vectors[self.ids.index(i)] for i in ids]
+        padded, mask = pad_sequences(seqs)
+        scores = maxmean(torch.from_numpy(query), padded, candidate_mask=mask)
+        return sorted((FakeMatch(i, float(s)) for i, s in zip(ids, scores)), key=lambda m: -m.score)
+
+    def search(self, query, top_k, k_neighbours=None):
+        k = k_neighbours or self.k_neighbours
+        owners = [i for i, v in zip(self.ids, self.vectors) for _ in range(v.shape[0])]
+        chunks = torch.nn.functional.normalize(torch.cat(self.vectors), dim=1)
+        sims = torch.nn.functional.normalize(torch.from_numpy(query), dim=1) @ chunks.T
+        nearest = sims.topk(min(k, chunks.shape[0]), dim=1).indices.flatten().tolist()
+        reached = sorted({owners[n] for n in nearest})
+        return self._rank(query, reached)[:top_k]
+
+    def search_exhaustive(self, query, top_k):
+        return self._rank(query, self.ids)[:top_k]
+
+
+class BlindIndex(FakeIndex):
+    """Stage one reaches nothing: every two-stage score is the paper's 0."""
+
+    def search(self, query, top_k, k_neighbours=None):
+        return []
+
+
+def fake_factory(dim, k_neighbours):
+    return FakeIndex(dim, k_neighbours)
+
+
+# -- toy data and embeds ---------------------------------------------------------------
+
+
+def toy_recordings(works=6, per_work=2, seconds=(65.0, 45.0), shared=True, seed=0) -> list[Recording]:
+    """Each work is a spectral profile; its recordings are that profile under their own envelope and noise.
+    With shared=False every recording gets its own profile: same-work recordings have nothing in common."""
+    g = torch.Generator().manual_seed(seed)
+    recs = []
+    for w in range(works):
+        profile = torch.rand(84, generator=g) ** 4
+        for r in range(per_work):
+            if not shared:
+                profile = torch.rand(84, generator=g) ** 4
+            frames = int(round(seconds[r % len(seconds)] / FRAME_SECONDS))
+            t = torch.arange(frames, dtype=torch.float32)
+            envelope = 1.0 + 0.5 * torch.sin(t / (20.0 + 7 * r))
+            spec = profile[:, None] * envelope[None] + 0.05 * torch.rand(84, frames, generator=g)
+            recs.append(Recording(f"w{w}r{r}", f"w{w}", spec.half()))
+    return recs
+
+
+def mean_spectrum_embed(spectrogram: torch.Tensor) -> torch.Tensor:
+    """One local vector per 10 s window: the window's mean spectrum. Same work -> nearly the same vectors."""
+    return torch.stack([piece.float().mean(dim=1) for piece in torch.split(spectrogram, WINDOW, dim=1)])
+
+
+def random_embed(spectrogram: torch.Tensor) -> torch.Tensor:
+    """Deterministic noise keyed on the content: carries no information about the work."""
+    key = int(spectrogram.float().sum().item() * 1000) % (2**31)
+    return torch.randn(1, 84, generator=torch.Generator().manual_seed(key))
+
+
+# -- metrics ---------------------------------------------------------------------------
+
+
+def test_ap_and_rank_of_hand_made_rankings():
+    scores = [0.9, 0.8, 0.7, 0.6, 0.5]
+    assert average_precision(scores, [1, 0, 1, 0, 0]) == pytest.approx((1 + 2 / 3) / 2)
+    assert rank_of_first_relevant(scores, [1, 0, 1, 0, 0]) == 1
+    assert average_precision(scores, [0, 1, 0, 0, 0]) == pytest.approx(0.5)
+    assert rank_of_first_relevant(scores, [0, 1, 0, 0, 0]) == 2
+    assert average_precision(scores, [0, 0, 0, 1, 1]) == pytest.approx((1 / 4 + 2 / 5) / 2)
+    assert rank_of_first_relevant(scores, [0, 0, 0, 1, 1]) == 4
+    # the order of the items does not matter, only their scores
+    assert average_precision([0.7, 0.9, 0.5, 0.8, 0.6], [0, 0, 0, 1, 0]) == pytest.approx(0.5)
+
+
+def test_ties_are_pessimistic_for_rank_and_block_wise_for_ap():
+    scores = [0.9, 0.5, 0.5, 0.1]
+    relevant = [0, 1, 0, 0]
+    assert rank_of_first_relevant(scores, relevant) == 3  # the tied non-relevant item goes first
+    assert average_precision(scores, relevant) == pytest.approx(1 / 3)  # precision at the end of the tie block
+    # all tied (the two-stage case where nothing was reached): AP = share of relevant items
+    assert average_precision([0.0] * 5, [0, 1, 0, 1, 0]) == pytest.approx(2 / 5)
+    assert rank_of_first_relevant([0.0] * 5, [0, 1, 0, 1, 0]) == 4
+
+
+def test_ap_matches_the_textbook_definition_without_ties():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        scores = rng.permutation(30).astype(float)
+        relevant = rng.random(30) < 0.2
+        relevant[rng.integers(30)] = True
+        order = np.argsort(-scores)
+        hits = np.cumsum(relevant[order])
+        precision_at_hits = hits[relevant[order]] / (np.flatnonzero(relevant[order]) + 1)
+        assert average_precision(scores, relevant) == pytest.approx(precision_at_hits.mean())
+        assert average_precision(scores, relevant) == pytest.approx(average_precision_score(relevant, scores))
+
+
+def test_metrics_refuse_rankings_without_relevant_items_or_mismatched_lengths():
+    with pytest.raises(ValueError, match="no relevant"):
+        average_precision([0.3, 0.2], [0, 0])
+    with pytest.raises(ValueError, match="no relevant"):
+        rank_of_first_relevant([0.3, 0.2], [False, False])
+    with pytest.raises(ValueError, match="same length"):
+        average_precision([0.3, 0.2, 0.1], [1, 0])
+
+
+def test_unreached_tracks_score_zero():
+    matches = [FakeMatch("a", 0.8), FakeMatch("c", -0.2)]
+    assert scores_for(matches, ["a", "b", "c"]).tolist() == [0.8, 0.0, -0.2]
+
+
+# -- queries ---------------------------------------------------------------------------
+
+
+def test_queries_are_seeded_cut_on_the_frame_grid_and_skip_long_clips():
+    recs = toy_recordings(works=2)
+    queries = build_queries(recs, seed=3)
+    again = build_queries(recs, seed=3)
+    assert [(q.recording_id, q.length, q.start_frame) for q in queries] == [
+        (q.recording_id, q.length, q.start_frame) for q in again
+    ]
+    other = build_queries(recs, seed=4)
+    assert [q.start_frame for q in queries] != [q.start_frame for q in other]
+
+    by_rec = {}
+    for q in queries:
+        by_rec.setdefault(q.recording_id, []).append(q)
+    for rec in recs:
+        qs = by_rec[rec.recording_id]
+        assert qs[0].length == "full" and qs[0].spectrogram.shape == rec.spectrogram.shape
+        total = rec.spectrogram.shape[1]
+        expected = [str(s) for s in QUERY_SECONDS if round(s / FRAME_SECONDS) <= total]
+        assert [q.length for q in qs[1:]] == expected
+        for q in qs[1:]:
+            n = round(int(q.length) / FRAME_SECONDS)
+            assert q.spectrogram.shape == (84, n)
+            assert 0 <= q.start_frame <= total - n
+            assert torch.equal(q.spectrogram, rec.spectrogram[:, q.start_frame : q.start_frame + n])
+    # the 45 s recordings cannot give 50 s and 60 s clips; the 65 s ones give all nine
+    assert skipped_clips(recs) == {**{str(s): 0 for s in QUERY_SECONDS}, "50": 2, "60": 2}
+    assert len(queries) == 2 * 10 + 2 * 8
+
+
+def test_clip_positions_do_not_depend_on_the_other_recordings():
+    recs = toy_recordings(works=3)
+    starts_all = {(q.recording_id, q.length): q.start_frame for q in build_queries(recs, seed=1)}
+    starts_one = {(q.recording_id, q.length): q.start_frame for q in build_queries(recs[3:4], seed=1)}
+    assert all(starts_all[key] == start for key, start in starts_one.items())
+
+
+# -- evaluate ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def recordings():
+    return toy_recordings()
+
+
+@pytest.fixture(scope="module")
+def good_results(recordings):
+    return evaluate(mean_spectrum_embed, recordings, seed=0, index_factory=fake_factory)
+
+
+@pytest.fixture(scope="module")
+def random_results(recordings):
+    return evaluate(random_embed, recordings, seed=0, index_factory=fake_factory, exhaustive=False)
+
+
+def test_a_good_embed_finds_the_covers(good_results):
+    results = good_results
+    assert set(results) == {"two_stage", "exhaustive", "protocol"}
+    for method in ("two_stage", "exhaustive"):
+        assert list(results[method]) == list(LENGTH_KEYS)
+        for key, row in results[method].items():
+            assert row["queries"] == (6 if key in ("50", "60") else 12)
+            assert row["mAP"] > 0.95 and row["MR1"] < 1.1, (method, key, row)
+    assert results["protocol"]["skipped_clips"]["60"] == 6
+    assert results["protocol"]["without_relevant"] == 0
+
+
+def test_a_random_embed_is_at_chance(random_results):
+    # one relevant item among 11 candidates: E[AP] = H(11)/11 = 0.27, E[rank] = 6
+    rows = random_results["two_stage"].values()
+    assert 0.1 < np.mean([row["mAP"] for row in rows]) < 0.5
+    assert np.mean([row["MR1"] for row in rows]) > 3.0
+
+
+def test_the_source_recording_is_left_out_of_its_ranking():
+    """Same-work recordings share nothing here, so only the source itself could match a query well.
+    Were it in the ranking (it is the same work, so relevant), every full-track query would have MR1 = 1."""
+    recs = toy_recordings(shared=False, seed=5)
+    results = evaluate(mean_spectrum_embed, recs, seed=0, index_factory=fake_factory)
+    for method in ("two_stage", "exhaustive"):
+        assert results[method]["full"]["MR1"] > 2.0
+        assert results[method]["full"]["mAP"] < 0.6
+
+
+def test_tracks_stage_one_does_not_reach_score_zero(recordings):
+    results = evaluate(mean_spectrum_embed, recordings, seed=0, index_factory=lambda d, k: BlindIndex(d, k))
+    for row in results["two_stage"].values():
+        # all 11 candidates tie at 0: AP = 1/11, and the pessimistic rank puts the cover last
+        assert row["mAP"] == pytest.approx(1 / 11)
+        assert row["MR1"] == pytest.approx(11)
+    assert results["exhaustive"]["full"]["mAP"] > 0.95
+
+
+def test_works_with_a_single_recording_are_left_out_and_counted(recordings):
+    lonely = Recording("solo", "solo-work", recordings[0].spectrogram[:, :300])  # 7 s
+    results = evaluate(mean_spectrum_embed, [*recordings, lonely], seed=0, index_factory=fake_factory, exhaustive=False)
+    assert set(results) == {"two_stage", "protocol"}
+    assert results["protocol"]["without_relevant"] == 2  # its full track and its 6 s clip
+    assert results["two_stage"]["full"]["queries"] == 12
+
+
+def test_evaluate_refuses_duplicate_ids(recordings):
+    with pytest.raises(ValueError, match="unique"):
+        evaluate(mean_spectrum_embed, [recordings[0], recordings[0]], seed=0, index_factory=fake_factory)
+
+
+def test_with_the_real_local_index(recordings):
+    local_index = pytest.importorskip("index.local_index")
+    results = evaluate(mean_spectrum_embed, recordings, seed=0, index_factory=lambda d, k: local_index.LocalIndex(d, k))
+    assert all(row["mAP"] > 0.95 for row in results["two_stage"].values())
+    assert all(row["mAP"] > 0.95 for row in results["exhaustive"].values())
+
+
+# -- report ----------------------------------------------------------------------------
+
+
+def test_write_report_writes_json_markdown_and_plot(tmp_path, good_results, random_results):
+    good, rand = good_results, random_results
+    paths = write_report({"mean-spectrum": good, "random": rand}, tmp_path / "report")
+
+    assert json.loads(paths["json"].read_text()) == json.loads(json.dumps({"mean-spectrum": good, "random": rand}))
+    md = paths["markdown"].read_text()
+    assert "| query length | queries | mean-spectrum mAP | mean-spectrum MR1 |" in md
+    rows = [line for line in md.splitlines() if line.startswith("| ") and "query length" not in line]
+    assert [row.split(" | ")[0] for row in rows] == [f"| {s} s" for s in QUERY_SECONDS] + ["| full"]
+    assert f"| {good['two_stage']['full']['mAP']:.3f} |" in rows[-1]
+    assert rows[-1].endswith("| – |")  # the random model has no exhaustive run
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert paths["plot"].stat().st_size > 5000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -20,14 +21,80 @@ from models.synth import random_tune, render_notes
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    torch.manual_seed(args.seed)
-    config = ExtractorConfig(width=args.width, time_pool=args.time_pool, model_version="untrained")
     if args.output.exists() and args.if_missing:
         print(f"{args.output} exists; kept")
         return 0
+    if args.checkpoint:
+        from models.train import load_checkpoint
+
+        network, config, state = load_checkpoint(args.checkpoint)
+        corpus = state["corpus"]
+        config = config.replace(
+            model_version=args.version or f"step{state['step']}",
+            training_data=args.training_data or f"{corpus['works']} works, {corpus['versions']} rendered versions",
+        )
+    else:
+        torch.manual_seed(args.seed)
+        config = ExtractorConfig(width=args.width, time_pool=args.time_pool, model_version="untrained")
+        network = ResNetIBN.from_config(config).eval()
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    stored = export_extractor(ResNetIBN.from_config(config).eval(), config, args.output)
-    print(f"wrote {args.output} (model_id {stored.model_id}, width {stored.width}, untrained weights)")
+    stored = export_extractor(network, config, args.output)
+    print(f"wrote {args.output} (model_id {stored.model_id}, width {stored.width}, time_pool {stored.time_pool})")
+    return 0
+
+
+def _valid_recordings(cache: Path, limit_works: int | None):
+    from models.dataset import FeatureCorpus
+    from models.evaluation import Recording
+
+    corpus = FeatureCorpus.from_cache(cache, "valid", limit_works=limit_works)
+    return [
+        Recording(f"{work}/v{i:02d}", work, torch.from_numpy(spec))
+        for work, versions in zip(corpus.work_ids, corpus.versions)
+        for i, spec in enumerate(versions)
+    ]
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from models.dataset import BatchPlan, FeatureCorpus
+    from models.train import TrainConfig, global_config, train, validation_callback
+
+    torch.set_num_threads(args.threads)
+    config = ExtractorConfig(width=args.width, time_pool=args.time_pool)
+    if args.global_model:
+        config = global_config(config)
+    corpus = FeatureCorpus.from_cache(args.cache, "train", limit_works=args.limit_works)
+    print(f"training on {corpus.summary()} -> {args.run_dir}", file=sys.stderr)
+    plan = BatchPlan(works_per_batch=args.works_per_batch, versions_per_work=args.versions_per_work)
+    train_config = TrainConfig(steps=args.steps, lr=args.lr, seed=args.seed, batch=plan,
+                               proxy_length=1 if args.global_model else args.proxy_length,
+                               validate_every=args.validate_every)
+    validate = None
+    if args.validate_works:
+        validate = validation_callback(_valid_recordings(args.cache, args.validate_works), config)
+    train(corpus, config, train_config, args.run_dir, validate, report=lambda r: print(json.dumps(r), file=sys.stderr, flush=True))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from models.chroma_baseline import chroma_2dftm
+    from models.evaluation import evaluate, write_report
+    from models.train import artifact_embedder
+
+    torch.set_num_threads(args.threads)
+    recordings = _valid_recordings(args.cache, args.limit_works)
+    embedders = {}
+    for spec in args.model:
+        name, _, path = spec.partition("=")
+        embedders[name] = artifact_embedder(load_extractor(path, "cpu").module)
+    if args.chroma:
+        embedders["2DFTM chroma (no learning)"] = chroma_2dftm
+    results = {}
+    for name, embed in embedders.items():
+        print(f"evaluating {name} on {len(recordings)} recordings", file=sys.stderr, flush=True)
+        results[name] = evaluate(embed, recordings, args.seed, k_neighbours=args.k, exhaustive=not args.two_stage_only)
+    written = write_report(results, args.out)
+    print(Path(written["markdown"]).read_text())
     return 0
 
 
@@ -83,8 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coverid", description="Cover song identification on short clips")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    export = commands.add_parser("export", help="write an extractor artifact with freshly initialised weights")
+    export = commands.add_parser("export", help="write an extractor artifact (from a checkpoint, or freshly initialised)")
     export.add_argument("--output", type=Path, required=True)
+    export.add_argument("--checkpoint", type=Path, help="training checkpoint to export")
+    export.add_argument("--version", help="model_version recorded in the artifact")
+    export.add_argument("--training-data", help="training data summary recorded in the artifact")
     export.add_argument("--width", type=int, default=ExtractorConfig.width, help="base width; 64 gives C = 2048")
     export.add_argument("--time-pool", type=int, default=ExtractorConfig.time_pool)
     export.add_argument("--seed", type=int, default=0)
@@ -108,6 +178,36 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     corpus.add_argument("--seed", type=int, default=0)
     corpus.set_defaults(run=_cmd_corpus)
+
+    trainer = commands.add_parser("train", help="train with the local alignment loss on the cached corpus")
+    trainer.add_argument("--cache", type=Path, default=Path("cache/corpus"))
+    trainer.add_argument("--run", dest="run_dir", type=Path, required=True, help="run directory (resumed if it has a checkpoint)")
+    trainer.add_argument("--steps", type=int, default=1200)
+    trainer.add_argument("--lr", type=float, default=1e-3)
+    trainer.add_argument("--width", type=int, default=16)
+    trainer.add_argument("--time-pool", type=int, default=ExtractorConfig.time_pool)
+    trainer.add_argument("--proxy-length", type=int, default=4)
+    trainer.add_argument("--works-per-batch", type=int, default=16)
+    trainer.add_argument("--versions-per-work", type=int, default=4)
+    trainer.add_argument("--global-model", action="store_true", help="ByteCover2-style baseline: one GeM per track")
+    trainer.add_argument("--limit-works", type=int)
+    trainer.add_argument("--validate-works", type=int, default=60, help="validation pieces for the log (0: none)")
+    trainer.add_argument("--validate-every", type=int, default=200)
+    trainer.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    trainer.add_argument("--seed", type=int, default=0)
+    trainer.set_defaults(run=_cmd_train)
+
+    evaluation = commands.add_parser("evaluate", help="the paper's protocol on the validation split")
+    evaluation.add_argument("--cache", type=Path, default=Path("cache/corpus"))
+    evaluation.add_argument("--model", action="append", default=[], help="NAME=PATH of an extractor artifact")
+    evaluation.add_argument("--chroma", action="store_true", help="add the no-learning 2DFTM baseline")
+    evaluation.add_argument("--out", type=Path, required=True)
+    evaluation.add_argument("--k", type=int, default=50, help="HNSW neighbours per query chunk")
+    evaluation.add_argument("--two-stage-only", action="store_true")
+    evaluation.add_argument("--limit-works", type=int)
+    evaluation.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    evaluation.add_argument("--seed", type=int, default=0)
+    evaluation.set_defaults(run=_cmd_evaluate)
 
     demo = commands.add_parser("demo-audio", help="write a synthetic tune to an audio file")
     demo.add_argument("output", type=Path)

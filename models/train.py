@@ -162,3 +162,37 @@ def load_checkpoint(path: Path) -> tuple[ResNetIBN, ExtractorConfig, dict]:
     network = ResNetIBN.from_config(config)
     network.load_state_dict(state["network"])
     return network.eval(), config, state
+
+
+def network_embedder(network: ResNetIBN, config: ExtractorConfig, device: torch.device | str = "cpu"):
+    """spectrogram (bins, frames) -> (N, D) local embeddings, through the shared front end."""
+    frontend = FrontEnd(config)
+
+    @torch.inference_mode()
+    def embed(spectrogram: Tensor) -> Tensor:
+        chunks, _ = frontend.chunk(spectrogram.float())
+        return network.eval()(chunks.to(device)).cpu()
+
+    return embed
+
+
+def artifact_embedder(module: torch.jit.ScriptModule):
+    """The same, through an exported extractor (what the service runs)."""
+
+    @torch.inference_mode()
+    def embed(spectrogram: Tensor) -> Tensor:
+        chunks, _ = module.frontend.chunk(spectrogram.float())
+        return module.embed_chunks(chunks).cpu()
+
+    return embed
+
+
+def validation_callback(recordings: list, config: ExtractorConfig, lengths=(30.0,), seed: int = 0):
+    """mAP on held-out recordings (exhaustive MaxMean, full tracks and `lengths` clips) for the training log."""
+    from models.evaluation import evaluate
+
+    def validate(network: ResNetIBN, step: int) -> dict:
+        results = evaluate(network_embedder(network, config), recordings, seed, exhaustive=False, lengths=lengths)
+        return {key: round(value["mAP"], 4) for key, value in results["two_stage"].items() if value["mAP"] is not None}
+
+    return validate

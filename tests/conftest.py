@@ -59,3 +59,14 @@ def narrow_artifact(tmp_path_factory, narrow_network, narrow_config):
     path = tmp_path_factory.mktemp("artifact") / "extractor.pt"
     stored = export_extractor(narrow_network, narrow_config, path)
     return path, stored
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """The read-only MIDI corpora beside the checkout (../shared/data)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    if not root.exists():
+        pytest.fail(f"shared data not found at {root}: the checkout must sit beside shared/")
+    return root

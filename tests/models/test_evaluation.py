@@ -25,6 +25,15 @@ FRAME_SECONDS = ExtractorConfig().frame_seconds
 WINDOW = 431  # frames of one local embedding (10 s) in the toy embeds below
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """These tensors are tiny: on a busy 2-core machine a second intra-op thread only adds spin-waiting (6x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # -- a stand-in with LocalIndex's API, so these tests do not need hnswlib ------------
 
 
@@ -157,7 +166,7 @@ def test_metrics_refuse_rankings_without_relevant_items_or_mismatched_lengths():
 
 def test_unreached_tracks_score_zero():
     matches = [FakeMatch("a", 0.8), FakeMatch("c", -0.2)]
-    assert scores_for(matches, ["a", "b", "c"]).tolist() == [0.8, 0.0, -0.2]
+    assert scores_for(matches, {"a": 0, "b": 1, "c": 2}).tolist() == [0.8, 0.0, -0.2]
 
 
 # -- queries ---------------------------------------------------------------------------

@@ -1,0 +1,96 @@
+"""The corpus builder: arrangement edits on MIDI, real fluidsynth renders, a resumable cache."""
+
+import json
+
+import numpy as np
+import pretty_midi
+import pytest
+
+from models.config import ExtractorConfig
+from models.corpus import procedural
+from models.corpus.arrange import MIN_NOTE_SECONDS, arrange, plan_version, truncate
+from models.corpus.build import build, check_cache_settings, plan_jobs
+from models.corpus.works import Work, asap_works, procedural_works
+
+
+
+def test_procedural_works_are_reproducible_and_distinct():
+    a, b, c = procedural.generate(1), procedural.generate(1), procedural.generate(2)
+    notes = lambda m: [(n.pitch, round(n.start, 4)) for i in m.instruments for n in i.notes]  # noqa: E731
+    assert notes(a) == notes(b)
+    assert notes(a) != notes(c)
+    assert {i.name for i in a.instruments} == {"MELODY", "PIANO", "BASS", "DRUMS"}
+    assert 30 < a.get_end_time() < 120
+
+
+def test_arrangement_applies_key_tempo_and_length_cap():
+    source = procedural.generate(3)
+    plan = plan_version(np.random.default_rng(0), original=True)
+    plan.update(transpose=3, tempo=1.25)
+    out = arrange(source, plan, np.random.default_rng(0), max_seconds=20.0)
+    melody_in = [n for n in source.instruments[0].notes if n.start / 1.25 < 20.0 - MIN_NOTE_SECONDS]
+    melody_out = out.instruments[0].notes
+    assert [n.pitch + 3 for n in melody_in][:10] == [n.pitch for n in melody_out][:10]
+    assert melody_out[5].start == pytest.approx(melody_in[5].start / 1.25, abs=1e-6)
+    assert max(n.end for i in out.instruments for n in i.notes) <= 20.0
+    assert min(n.end - n.start for i in out.instruments for n in i.notes) >= MIN_NOTE_SECONDS / 2
+
+
+def test_dropped_parts_are_gone_and_a_bass_can_be_added():
+    source = procedural.generate(4)
+    plan = plan_version(np.random.default_rng(0), original=True)
+    plan.update(drop=["bass", "drums"], add_bass=False)
+    out = arrange(source, plan, np.random.default_rng(0), max_seconds=60.0)
+    assert {i.name for i in out.instruments} == {"melody", "accompaniment"}
+    plan.update(add_bass=True)
+    out = arrange(source, plan, np.random.default_rng(0), max_seconds=60.0)
+    assert "bass" in {i.name for i in out.instruments}
+
+
+def test_truncate_keeps_the_pedal_of_a_performance():
+    midi = pretty_midi.PrettyMIDI()
+    piano = pretty_midi.Instrument(0)
+    piano.notes = [pretty_midi.Note(80, 60, 1.0, 1.0001), pretty_midi.Note(80, 64, 30.0, 31.0)]
+    piano.control_changes = [pretty_midi.ControlChange(64, 127, 0.5), pretty_midi.ControlChange(64, 0, 40.0)]
+    midi.instruments.append(piano)
+    out = truncate(midi, 20.0)
+    assert [n.pitch for n in out.instruments[0].notes] == [60]
+    assert out.instruments[0].notes[0].end - 1.0 >= MIN_NOTE_SECONDS  # sub-tick notes would hang fluidsynth
+    assert [c.time for c in out.instruments[0].control_changes] == [0.5]
+
+
+def test_asap_works_are_pieces_with_their_performances(shared_data):
+    works = asap_works(shared_data / "asap")
+    assert len(works) == 235 and sum(len(w.sources) for w in works) == 1067
+    assert all(w.split == "valid" for w in works)
+
+
+def test_build_renders_caches_and_resumes(tmp_path):
+    works = procedural_works(2, seed=5)
+    jobs = plan_jobs(works, versions_per_work=2, seed=0, max_seconds=12.0)
+    calls = []
+    done, errors = build(jobs, tmp_path, ExtractorConfig(), workers=2, progress=lambda *a: calls.append(a))
+    assert (done, errors) == (4, [])
+    spec = np.load(jobs[1].path(tmp_path))
+    assert spec.dtype == np.float16 and spec.shape[0] == 84
+    assert 12.0 <= spec.shape[1] * ExtractorConfig().frame_seconds <= 20.0  # the cap plus release and reverb tails
+    meta = json.loads(jobs[1].path(tmp_path).with_suffix(".json").read_text())
+    assert meta["work_id"] == works[0].work_id and "transpose" in meta["plan"]
+    # versions of one work differ; a second build renders nothing new
+    assert not np.array_equal(np.load(jobs[0].path(tmp_path))[:, :200], spec[:, :200])
+    calls.clear()
+    before = jobs[0].path(tmp_path).stat().st_mtime_ns
+    assert build(jobs, tmp_path, ExtractorConfig(), workers=1, progress=lambda *a: calls.append(a)) == (4, [])
+    assert calls == [] and jobs[0].path(tmp_path).stat().st_mtime_ns == before
+
+
+def test_a_failing_job_is_reported_not_raised(tmp_path):
+    broken = Work("pop909-999", "train", "pop909", (str(tmp_path / "missing.mid"),))
+    done, errors = build(plan_jobs([broken], 1, 0, 10.0), tmp_path, ExtractorConfig(), workers=1)
+    assert done == 0 and len(errors) == 1 and "pop909-999" in errors[0]
+
+
+def test_a_cache_built_with_another_front_end_is_refused(tmp_path):
+    check_cache_settings(tmp_path, ExtractorConfig())
+    with pytest.raises(ValueError, match="cqt_hop"):
+        check_cache_settings(tmp_path, ExtractorConfig(cqt_hop=256))

@@ -68,7 +68,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     plan = BatchPlan(works_per_batch=args.works_per_batch, versions_per_work=args.versions_per_work)
     train_config = TrainConfig(steps=args.steps, lr=args.lr, seed=args.seed, batch=plan,
                                proxy_length=1 if args.global_model else args.proxy_length,
-                               validate_every=args.validate_every)
+                               validate_every=args.validate_every, max_minutes=args.max_minutes)
     validate = None
     if args.validate_works:
         validate = validation_callback(_valid_recordings(args.cache, args.validate_works), config)
@@ -193,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     trainer.add_argument("--limit-works", type=int)
     trainer.add_argument("--validate-works", type=int, default=60, help="validation pieces for the log (0: none)")
     trainer.add_argument("--validate-every", type=int, default=200)
+    trainer.add_argument("--max-minutes", type=float, help="stop (checkpointed) after this much wall-clock time")
     trainer.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     trainer.add_argument("--seed", type=int, default=0)
     trainer.set_defaults(run=_cmd_train)

@@ -41,6 +41,7 @@ class TrainConfig:
     checkpoint_every: int = 50
     validate_every: int = 200
     device: str = "auto"
+    max_minutes: Optional[float] = None  # wall-clock budget: stop early (checkpointed, validated) when spent
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -89,7 +90,9 @@ def train(
         _pca_initialise(network, sampler, device)
     log = open(run_dir / "log.jsonl", "a")
     started = time.monotonic()
+    deadline = None if train_config.max_minutes is None else started + 60 * train_config.max_minutes
     while step < train_config.steps:
+        last = step + 1 == train_config.steps or (deadline is not None and time.monotonic() > deadline)
         network.train()
         batch = sampler.sample()
         embeddings, mask = embed_batch(network, batch, device)
@@ -98,22 +101,24 @@ def train(
         terms["loss"].backward()
         optimiser.step()
         step += 1
-        if step % train_config.log_every == 0 or step == train_config.steps:
+        if step % train_config.log_every == 0 or last:
             record = {"step": step, "seconds": round(time.monotonic() - started, 1),
                       **{k: round(v.item(), 4) for k, v in terms.items()}}
             log.write(json.dumps(record) + "\n")
             log.flush()
             if report:
                 report(record)
-        if step % train_config.checkpoint_every == 0 or step == train_config.steps:
+        if step % train_config.checkpoint_every == 0 or last:
             _save(run_dir / CHECKPOINT, step, network, loss_fn, optimiser, sampler, model_config, train_config, corpus)
-        if validate and (step % train_config.validate_every == 0 or step == train_config.steps):
+        if validate and (step % train_config.validate_every == 0 or last):
             network.eval()
             record = {"step": step, "validation": validate(network, step)}
             log.write(json.dumps(record) + "\n")
             log.flush()
             if report:
                 report(record)
+        if last:
+            break
     log.close()
     return run_dir / CHECKPOINT
 

@@ -50,3 +50,20 @@ def test_resuming_continues_exactly(tiny_corpus, tmp_path):
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.allclose(x.float(), y.float(), atol=1e-5), name
     assert losses(tmp_path / "straight") == pytest.approx(losses(tmp_path / "resumed"), abs=1e-4)
+
+
+def test_the_global_baseline_trains_with_the_same_code(tiny_corpus, tmp_path):
+    from models.train import global_config, network_embedder
+
+    config = global_config(TINY)
+    train(tiny_corpus, config, TrainConfig(steps=3, log_every=1, batch=PLAN, proxy_length=1), tmp_path / "global")
+    network, stored, _ = load_checkpoint(tmp_path / "global" / "checkpoint.pt")
+    assert stored.chunk_seconds == 3600.0
+    vectors = network_embedder(network, stored)(torch.from_numpy(tiny_corpus.versions[0][0]))
+    assert vectors.shape == (1, 512)  # one embedding for the whole track
+
+
+def test_a_time_budget_stops_early_with_a_checkpoint(tiny_corpus, tmp_path):
+    train(tiny_corpus, TINY, TrainConfig(steps=1000, log_every=1, batch=PLAN, max_minutes=0.0), tmp_path / "budget")
+    _, _, state = load_checkpoint(tmp_path / "budget" / "checkpoint.pt")
+    assert state["step"] == 1

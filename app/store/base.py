@@ -1,0 +1,185 @@
+"""What the catalogue store promises, whichever backend keeps it.
+
+A track is stored whole or not at all: its metadata, its local embeddings
+(one L2-normalised vector per 20 s chunk) and the chunk start times change
+together. The search index is not durable; it is rebuilt from the store at
+start-up through `iter_records`, so the store is the one source of truth.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+# Vectors are stored as raw little-endian float32 so a file or a Redis dump
+# reads the same on any machine.
+STORED_DTYPE = np.dtype("<f4")
+NORM_TOLERANCE = 1e-3
+
+
+class StoreError(Exception):
+    """Any failure of the catalogue store."""
+
+
+class TrackExists(StoreError):
+    """put() of a track id that is already stored, without replace=True."""
+
+
+class StoreUnavailable(StoreError):
+    """The backend cannot be reached or opened; the message names it and what to check."""
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: dataclass equality on arrays is ambiguous
+class TrackRecord:
+    track_id: str
+    title: Optional[str]
+    artist: Optional[str]
+    metadata: dict[str, Any]  # JSON-serialisable
+    duration_s: float
+    model_id: str
+    created_at: float  # unix seconds
+    vectors: Optional[np.ndarray] = None  # (N, D) float32, L2-normalised; None when read without vectors
+    starts_s: Optional[np.ndarray] = None  # (N,) float32 chunk start times
+
+    @property
+    def n_segments(self) -> int:
+        """Chunks of the track; known without the vectors, since reads always carry the starts."""
+        if self.vectors is not None:
+            return int(self.vectors.shape[0])
+        return 0 if self.starts_s is None else int(self.starts_s.shape[0])
+
+    @property
+    def dim(self) -> Optional[int]:
+        return None if self.vectors is None else int(self.vectors.shape[1])
+
+
+def validate_record(record: TrackRecord) -> None:
+    """Raise ValueError naming the problem; stores call this before writing anything."""
+    if not isinstance(record.track_id, str) or not record.track_id:
+        raise ValueError(f"track_id must be a non-empty string, got {record.track_id!r}")
+    if not isinstance(record.model_id, str) or not record.model_id:
+        raise ValueError(f"model_id must be a non-empty string, got {record.model_id!r}")
+    for name in ("title", "artist"):
+        value = getattr(record, name)
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{name} must be a string or None, got {type(value).__name__}")
+    _check_finite("duration_s", record.duration_s, minimum=0.0)
+    _check_finite("created_at", record.created_at)
+    metadata_json(record.metadata)
+    _validate_vectors(record.vectors, record.starts_s)
+
+
+def _check_finite(name: str, value: Any, minimum: Optional[float] = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+
+
+def _validate_vectors(vectors: Optional[np.ndarray], starts: Optional[np.ndarray]) -> None:
+    if vectors is None or starts is None:
+        raise ValueError("a stored track needs its vectors and starts_s: embed the audio before put()")
+    if not isinstance(vectors, np.ndarray) or vectors.ndim != 2 or vectors.dtype != np.float32:
+        raise ValueError(f"vectors must be a 2-D float32 array (N, D), got {_describe(vectors)}")
+    if vectors.shape[0] == 0 or vectors.shape[1] == 0:
+        raise ValueError(f"vectors must have at least one chunk and one dimension, got shape {vectors.shape}")
+    if not isinstance(starts, np.ndarray) or starts.ndim != 1 or starts.dtype != np.float32:
+        raise ValueError(f"starts_s must be a 1-D float32 array (N,), got {_describe(starts)}")
+    if starts.shape[0] != vectors.shape[0]:
+        raise ValueError(f"starts_s has {starts.shape[0]} entries for {vectors.shape[0]} vectors; they must match")
+    if not np.isfinite(vectors).all() or not np.isfinite(starts).all():
+        raise ValueError("vectors and starts_s must be finite (found NaN or inf)")
+    norms = np.linalg.norm(vectors, axis=1)
+    if not np.allclose(norms, 1.0, atol=NORM_TOLERANCE):
+        worst = float(norms[np.argmax(np.abs(norms - 1.0))])
+        raise ValueError(f"vectors must be L2-normalised (a row has norm {worst:.4f}); normalise each row first")
+
+
+def _describe(array: Any) -> str:
+    if isinstance(array, np.ndarray):
+        return f"{array.ndim}-D {array.dtype} of shape {array.shape}"
+    return type(array).__name__
+
+
+def metadata_json(metadata: Any) -> str:
+    """The metadata as compact JSON; ValueError when it is not a JSON-serialisable dict."""
+    if not isinstance(metadata, dict):
+        raise ValueError(f"metadata must be a dict, got {type(metadata).__name__}")
+    try:
+        return json.dumps(metadata, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"metadata must be JSON-serialisable: {err}") from None
+
+
+def to_blob(array: np.ndarray) -> bytes:
+    return np.ascontiguousarray(array, dtype=STORED_DTYPE).tobytes()
+
+
+def from_blob(blob: bytes, n: int, dim: Optional[int] = None) -> np.ndarray:
+    """A writable native float32 array: (n,) or (n, dim). Checks the size so a torn value cannot slip through."""
+    shape = (n,) if dim is None else (n, dim)
+    expected = int(np.prod(shape)) * STORED_DTYPE.itemsize
+    if len(blob) != expected:
+        raise StoreError(f"stored array has {len(blob)} bytes, expected {expected} for shape {shape}")
+    return np.frombuffer(blob, dtype=STORED_DTYPE).astype(np.float32).reshape(shape)
+
+
+def check_page(offset: int, limit: int) -> None:
+    if offset < 0 or limit < 0:
+        raise ValueError(f"offset and limit must be >= 0, got offset={offset} limit={limit}")
+
+
+class CatalogStore(abc.ABC):
+    """The durable catalogue. Every method is safe to call from several threads at once."""
+
+    @abc.abstractmethod
+    def put(self, record: TrackRecord, replace: bool = False) -> None:
+        """Store the whole track atomically; TrackExists when present and not replace; ValueError when invalid."""
+
+    @abc.abstractmethod
+    def get(self, track_id: str, with_vectors: bool = False) -> Optional[TrackRecord]:
+        """The track, or None. Without vectors, `vectors` is None (starts_s is still read: it is small)."""
+
+    @abc.abstractmethod
+    def delete(self, track_id: str) -> bool:
+        """True when the track was there and is now gone."""
+
+    @abc.abstractmethod
+    def list(self, offset: int, limit: int) -> list[TrackRecord]:
+        """A page of tracks without vectors, ordered by (created_at, track_id)."""
+
+    @abc.abstractmethod
+    def count(self) -> int:
+        """Tracks stored."""
+
+    @abc.abstractmethod
+    def vector_count(self) -> int:
+        """Vectors of all stored tracks; a maintained counter, not a scan."""
+
+    @abc.abstractmethod
+    def iter_records(self, batch_size: int = 512) -> Iterator[TrackRecord]:
+        """Every track once, with vectors, reading batch_size tracks at a time; order unspecified."""
+
+    @abc.abstractmethod
+    def model_ids(self) -> set[str]:
+        """The distinct model ids of the stored embeddings."""
+
+    @abc.abstractmethod
+    def ping(self) -> bool:
+        """True when the backend answers; never raises."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections; further calls raise StoreError."""
+
+    def __enter__(self) -> CatalogStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

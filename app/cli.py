@@ -63,7 +63,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = ExtractorConfig(width=args.width, time_pool=args.time_pool)
     if args.global_model:
         config = global_config(config)
-    corpus = FeatureCorpus.from_cache(args.cache, "train", limit_works=args.limit_works)
+    if args.csv:  # real recordings: work_id,performance_id,path
+        corpus = FeatureCorpus.from_csv(args.csv, config, args.cache)
+    else:
+        corpus = FeatureCorpus.from_cache(args.cache, "train", limit_works=args.limit_works)
     print(f"training on {corpus.summary()} -> {args.run_dir}", file=sys.stderr)
     plan = BatchPlan(works_per_batch=args.works_per_batch, versions_per_work=args.versions_per_work)
     train_config = TrainConfig(steps=args.steps, lr=args.lr, seed=args.seed, batch=plan,
@@ -182,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     trainer = commands.add_parser("train", help="train with the local alignment loss on the cached corpus")
     trainer.add_argument("--cache", type=Path, default=Path("cache/corpus"))
     trainer.add_argument("--run", dest="run_dir", type=Path, required=True, help="run directory (resumed if it has a checkpoint)")
+    trainer.add_argument("--csv", type=Path, help="train on real audio listed as work_id,performance_id,path")
     trainer.add_argument("--steps", type=int, default=1200)
     trainer.add_argument("--lr", type=float, default=1e-3)
     trainer.add_argument("--width", type=int, default=16)

@@ -67,3 +67,26 @@ def test_a_time_budget_stops_early_with_a_checkpoint(tiny_corpus, tmp_path):
     train(tiny_corpus, TINY, TrainConfig(steps=1000, log_every=1, batch=PLAN, max_minutes=0.0), tmp_path / "budget")
     _, _, state = load_checkpoint(tmp_path / "budget" / "checkpoint.pt")
     assert state["step"] == 1
+
+
+def test_real_recordings_load_from_a_csv_and_are_cached(tmp_path):
+    import soundfile as sf
+
+    from tests.conftest import tune
+
+    rows = ["work_id,performance_id,path"]
+    for work in range(2):
+        for take in range(2):
+            path = tmp_path / "audio" / f"w{work}-t{take}.flac"
+            path.parent.mkdir(exist_ok=True)
+            sf.write(path, tune(8.0 + take, seed=work), 22050)
+            rows.append(f"song{work},take{take},audio/{path.name}")
+    table = tmp_path / "covers.csv"
+    table.write_text("\n".join(rows) + "\n")
+    corpus = FeatureCorpus.from_csv(table, TINY, tmp_path / "cache")
+    assert corpus.work_ids == ["song0", "song1"] and corpus.summary()["versions"] == 4
+    assert corpus.versions[0][1].shape == (84, int(9.0 * 22050) // 512 + 1)
+    cached = sorted((tmp_path / "cache" / "csv").rglob("*.npy"))
+    assert len(cached) == 4
+    (tmp_path / "audio" / "w0-t0.flac").unlink()  # a second load reads the cache, not the audio
+    assert FeatureCorpus.from_csv(table, TINY, tmp_path / "cache").summary()["versions"] == 4

@@ -1,0 +1,22 @@
+"""The durable catalogue: tracks with their local embeddings, in SQLite or Redis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from app.store.base import CatalogStore, StoreError, StoreUnavailable, TrackExists, TrackRecord
+from app.store.redis import RedisStore
+from app.store.sqlite import SQLiteStore
+
+__all__ = [
+    "CatalogStore", "RedisStore", "SQLiteStore", "StoreError", "StoreUnavailable", "TrackExists", "TrackRecord",
+    "open_store",
+]
+
+
+def open_store(data_dir: Path, redis_url: Optional[str] = None) -> CatalogStore:
+    """Redis when a URL is given (several replicas can share it), else a SQLite file in data_dir."""
+    if redis_url:
+        return RedisStore(redis_url)
+    return SQLiteStore(data_dir)

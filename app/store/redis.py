@@ -1,0 +1,259 @@
+"""The catalogue in Redis.
+
+Keys, all under one prefix:
+  {prefix}:track:{id}  hash: meta (JSON), model, n, dim, starts and vectors (little-endian float32 bytes), write_id
+  {prefix}:tracks      sorted set of track ids scored by created_at (pagination, count)
+  {prefix}:models      hash model_id -> number of tracks embedded with it (model_ids)
+  {prefix}:vectors     integer: vectors of all tracks (vector_count)
+  {prefix}:schema      integer: layout version
+
+Atomicity: put and delete are Lua scripts, which Redis runs with nothing
+interleaved and writes to the AOF as one MULTI/EXEC block; on restart Redis
+drops a block the crash cut short, so the hash, the sorted set and the counters
+change together or not at all. Each script checks everything that could fail
+before its first write, because Redis does not roll back a script that errors
+half-way. Durability of an acknowledged put depends on the server running with
+`appendonly yes` and `appendfsync always` (everysec can lose the last second).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Optional
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from app.store.base import (
+    CatalogStore,
+    StoreError,
+    StoreUnavailable,
+    TrackExists,
+    TrackRecord,
+    check_page,
+    from_blob,
+    to_blob,
+    validate_record,
+)
+
+SCHEMA_VERSION = 1
+CONNECT_TIMEOUT_S = 2.0
+SOCKET_TIMEOUT_S = 30.0  # a batch of iter_records can be tens of MB
+META_FIELDS = (b"meta", b"model", b"n", b"dim", b"starts")
+
+# KEYS: track hash, tracks zset, models hash, vector counter
+# ARGV: track_id, replace (0/1), created_at, model_id, n, dim, meta, starts, vectors, write_id
+PUT_SCRIPT = """
+local expected = {'hash', 'zset', 'hash', 'string'}
+for i, key in ipairs(KEYS) do
+  local kind = redis.call('TYPE', key)['ok']
+  if kind ~= 'none' and kind ~= expected[i] then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' is a ' .. kind .. ', not a coverid ' .. expected[i])
+  end
+end
+local old = redis.call('HMGET', KEYS[1], 'n', 'model', 'write_id')
+if old[1] then
+  -- the same write seen twice (a retry after a lost reply) already succeeded
+  if old[3] == ARGV[10] then return 1 end
+  if ARGV[2] ~= '1' then return 0 end
+  redis.call('DECRBY', KEYS[4], old[1])
+  if redis.call('HINCRBY', KEYS[3], old[2], -1) <= 0 then redis.call('HDEL', KEYS[3], old[2]) end
+  redis.call('DEL', KEYS[1])
+end
+redis.call('HSET', KEYS[1], 'meta', ARGV[7], 'model', ARGV[4], 'n', ARGV[5], 'dim', ARGV[6],
+           'starts', ARGV[8], 'vectors', ARGV[9], 'write_id', ARGV[10])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('INCRBY', KEYS[4], ARGV[5])
+redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
+return 1
+"""
+
+# KEYS as for put; ARGV: track_id
+DELETE_SCRIPT = """
+local old = redis.call('HMGET', KEYS[1], 'n', 'model')
+if not old[1] then return 0 end
+if redis.call('TYPE', KEYS[4])['ok'] == 'none' then return redis.error_reply('vector counter missing') end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('DECRBY', KEYS[4], old[1])
+if redis.call('HINCRBY', KEYS[3], old[2], -1) <= 0 then redis.call('HDEL', KEYS[3], old[2]) end
+return 1
+"""
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ***, fit for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable Redis URL>"
+    netloc = parts.netloc
+    if parts.password is not None:
+        user = parts.username or ""
+        host = netloc.rpartition("@")[2]
+        netloc = f"{user}:***@{host}"
+    query = urlencode([(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+class RedisStore(CatalogStore):
+    def __init__(self, url: str, prefix: str = "coverid") -> None:
+        self.url = redact_url(url)
+        self.prefix = prefix
+        self._tracks = f"{prefix}:tracks"
+        self._models = f"{prefix}:models"
+        self._vectors = f"{prefix}:vectors"
+        self._closed = False
+        try:
+            # One quick retry rides out a dropped idle connection; put() stays exactly-once through its write_id.
+            self._client = redis.Redis.from_url(
+                url,
+                socket_connect_timeout=CONNECT_TIMEOUT_S,
+                socket_timeout=SOCKET_TIMEOUT_S,
+                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
+                health_check_interval=30,
+            )
+        except ValueError as err:
+            raise StoreUnavailable(f"{self.url} is not a valid Redis URL ({err}); expected redis://host:port/db") from err
+        self._put = self._client.register_script(PUT_SCRIPT)
+        self._delete = self._client.register_script(DELETE_SCRIPT)
+        with self._translate():
+            self._check_schema()
+
+    def _track_key(self, track_id: str) -> str:
+        return f"{self.prefix}:track:{track_id}"
+
+    def _keys(self, track_id: str) -> list[str]:
+        return [self._track_key(track_id), self._tracks, self._models, self._vectors]
+
+    @contextmanager
+    def _translate(self) -> Iterator[None]:
+        if self._closed:
+            raise StoreError(f"the store at {self.url} is closed")
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError) as err:
+            raise StoreUnavailable(
+                f"cannot reach Redis at {self.url}: {err}; check that redis-server is running there, "
+                "and the host, port and password in the URL"
+            ) from err
+        except redis.RedisError as err:
+            raise StoreError(f"Redis at {self.url}: {err}") from err
+
+    def _check_schema(self) -> None:
+        key = f"{self.prefix}:schema"
+        self._client.set(key, SCHEMA_VERSION, nx=True)
+        version = int(self._client.get(key))
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"Redis at {self.url} holds prefix {self.prefix!r} in layout version {version}, but this "
+                f"coverid reads up to version {SCHEMA_VERSION}: upgrade coverid, or use another prefix"
+            )
+
+    # -- writes
+
+    def put(self, record: TrackRecord, replace: bool = False) -> None:
+        validate_record(record)
+        n, dim = record.vectors.shape
+        meta = json.dumps({
+            "title": record.title, "artist": record.artist, "metadata": record.metadata,
+            "duration_s": float(record.duration_s), "created_at": float(record.created_at),
+        }, separators=(",", ":"), allow_nan=False)
+        args = [
+            record.track_id, "1" if replace else "0", repr(float(record.created_at)), record.model_id, n, dim,
+            meta, to_blob(record.starts_s), to_blob(record.vectors), uuid.uuid4().hex,
+        ]
+        with self._translate():
+            stored = self._put(keys=self._keys(record.track_id), args=args)
+        if not stored:
+            raise TrackExists(f"track {record.track_id!r} is already stored; pass replace=True to overwrite it")
+
+    def delete(self, track_id: str) -> bool:
+        with self._translate():
+            return bool(self._delete(keys=self._keys(track_id), args=[track_id]))
+
+    # -- reads
+
+    def get(self, track_id: str, with_vectors: bool = False) -> Optional[TrackRecord]:
+        fields = META_FIELDS + (b"vectors",) if with_vectors else META_FIELDS
+        with self._translate():
+            values = self._client.hmget(self._track_key(track_id), fields)
+        return _from_fields(track_id, values)
+
+    def list(self, offset: int, limit: int) -> list[TrackRecord]:
+        check_page(offset, limit)
+        if limit == 0:
+            return []  # ZRANGE 0 -1 would mean "everything"
+        with self._translate():
+            ids = [raw.decode() for raw in self._client.zrange(self._tracks, offset, offset + limit - 1)]
+            return self._fetch(ids, with_vectors=False)
+
+    def _fetch(self, ids: list[str], with_vectors: bool) -> list[TrackRecord]:
+        """The tracks in one round trip; one deleted since its id was read is left out."""
+        fields = META_FIELDS + (b"vectors",) if with_vectors else META_FIELDS
+        pipe = self._client.pipeline(transaction=False)
+        for track_id in ids:
+            pipe.hmget(self._track_key(track_id), fields)
+        records = (_from_fields(track_id, values) for track_id, values in zip(ids, pipe.execute()))
+        return [record for record in records if record is not None]
+
+    def count(self) -> int:
+        with self._translate():
+            return int(self._client.zcard(self._tracks))
+
+    def vector_count(self) -> int:
+        with self._translate():
+            return int(self._client.get(self._vectors) or 0)
+
+    def model_ids(self) -> set[str]:
+        with self._translate():
+            return {raw.decode() for raw in self._client.hkeys(self._models)}
+
+    def iter_records(self, batch_size: int = 512) -> Iterator[TrackRecord]:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        # ZSCAN returns every id present for the whole scan at least once, whatever is written
+        # meanwhile; `seen` (ids only, not vectors) drops the repeats it is allowed to return.
+        seen: set[str] = set()
+        cursor = 0
+        while True:
+            with self._translate():
+                cursor, pairs = self._client.zscan(self._tracks, cursor, count=batch_size)
+            ids = [track_id for track_id in (raw.decode() for raw, _ in pairs) if track_id not in seen]
+            seen.update(ids)
+            for start in range(0, len(ids), batch_size):
+                with self._translate():
+                    batch = self._fetch(ids[start:start + batch_size], with_vectors=True)
+                yield from batch
+            if cursor == 0:
+                return
+
+    def ping(self) -> bool:
+        try:
+            with self._translate():
+                return bool(self._client.ping())
+        except StoreError:
+            return False
+
+    def close(self) -> None:
+        self._closed = True
+        self._client.close()
+
+
+def _from_fields(track_id: str, values: list[Optional[bytes]]) -> Optional[TrackRecord]:
+    meta_raw, model, n_raw, dim_raw, starts = values[:5]
+    if meta_raw is None:
+        return None
+    meta = json.loads(meta_raw)
+    n, dim = int(n_raw), int(dim_raw)
+    return TrackRecord(
+        track_id=track_id, title=meta["title"], artist=meta["artist"], metadata=meta["metadata"],
+        duration_s=meta["duration_s"], model_id=model.decode(), created_at=meta["created_at"],
+        vectors=from_blob(values[5], n, dim) if len(values) > 5 else None,
+        starts_s=from_blob(starts, n),
+    )

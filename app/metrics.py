@@ -1,0 +1,30 @@
+"""Prometheus metrics of the service, documented where they are declared.
+
+One process serves requests (see the README: the extractor and the in-memory
+index are per process, so the service runs one uvicorn worker and scales by
+running more containers); the default registry is therefore enough.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# latency buckets from 5 ms to 30 s: identify sits around 0.05-0.5 s, bulk ingest of long tracks in seconds
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+REQUEST_SECONDS = Histogram(
+    "coverid_request_duration_seconds", "Time to answer an HTTP request, by route and method.",
+    ["route", "method"], buckets=BUCKETS,
+)
+REQUESTS = Counter(
+    "coverid_requests_total", "HTTP requests answered, by route, method and status code.",
+    ["route", "method", "status"],
+)
+STAGE_SECONDS = Histogram(
+    "coverid_stage_duration_seconds",
+    "Time spent in one pipeline stage: decode (decoding and resampling), embed (CQT, chunking and network), "
+    "search (HNSW first stage), rerank (batched MaxMean), store (catalogue writes).",
+    ["stage"], buckets=BUCKETS,
+)
+CATALOG_TRACKS = Gauge("coverid_catalog_tracks", "Tracks in the catalogue.")
+INDEX_VECTORS = Gauge("coverid_index_vectors", "Local embeddings in the search index.")

@@ -1,0 +1,92 @@
+"""Fixtures for the service tests: a real redis-server process on loopback."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+START_TIMEOUT_S = 10.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """redis-server with an fsync-always AOF in its own directory, so a restart shows what was durable."""
+
+    def __init__(self, executable: str, directory: Path) -> None:
+        self.executable = executable
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = [
+            self.executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.directory),
+            "--logfile", str(self.directory / "redis.log"),
+        ]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        try:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    pytest.fail(f"redis-server exited with {self.process.returncode}: {self._log()}")
+                try:
+                    if client.ping():
+                        return
+                except redis.ConnectionError:
+                    time.sleep(0.05)
+            self.stop(crash=True)
+            pytest.fail(f"redis-server did not answer PING on port {self.port} within {START_TIMEOUT_S} s: {self._log()}")
+        finally:
+            client.close()
+
+    def _log(self) -> str:
+        log = self.directory / "redis.log"
+        return log.read_text()[-2000:] if log.exists() else "(no log)"
+
+    def stop(self, crash: bool = False) -> None:
+        """SIGTERM lets Redis shut down cleanly; crash=True is SIGKILL, as a power cut would be."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        if crash:
+            self.process.kill()
+        else:
+            self.process.terminate()
+        self.process.wait(timeout=10)
+        self.process.stderr.close()
+
+    def restart(self, crash: bool = True) -> None:
+        """Same port, same directory: the server reloads the AOF."""
+        self.stop(crash=crash)
+        self.start()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    executable = shutil.which("redis-server")
+    if executable is None:
+        pytest.fail("redis-server is not on PATH: install it (Debian: apt-get install redis-server); "
+                    "the store tests run against a real Redis")
+    server = RedisServer(executable, tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()

@@ -1,11 +1,15 @@
-"""The one settings object of the service and the CLI, read from COVERID_* environment variables."""
+"""The one settings object of the service and the CLI, read from COVERID_* environment variables.
+
+Validated at start-up: a bad value stops the service with a message naming the variable.
+"""
 
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Optional
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -15,9 +19,36 @@ SHIPPED_MODEL = REPO_ROOT / "models" / "weights" / "extractor.pt"
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="COVERID_", extra="forbid")
 
+    # model
     model_path: Path = Field(SHIPPED_MODEL, description="TorchScript extractor artifact")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto: CUDA when present")
+    # catalogue
+    data_dir: Path = Field(Path("data"), description="embedded store (SQLite) and index snapshot")
+    redis_url: Optional[str] = Field(None, description="use Redis as the store instead of SQLite")
+    # retrieval (ByteCover3 section 2.3)
+    k_neighbours: int = Field(50, ge=1, le=1000, description="HNSW neighbours per query chunk")
+    ef_search: int = Field(100, ge=1, description="HNSW beam width; raised to k_neighbours when lower")
+    hnsw_m: int = Field(16, ge=4, le=128)
+    max_top_k: int = Field(200, ge=1)
+    # limits
+    max_upload_bytes: int = Field(50 * 2**20, ge=1024, description="largest request body")
+    min_clip_seconds: float = Field(3.0, gt=0)
+    max_clip_seconds: float = Field(300.0, gt=0)
     max_track_seconds: float = Field(1200.0, gt=0, description="longest audio accepted, in seconds")
+    # security
+    api_keys: list[SecretStr] = Field(default_factory=list, description="JSON list; empty: no key needed")
+    identify_requires_key: bool = False
+    log_level: str = Field("info", pattern=r"^(debug|info|warning|error)$")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Settings":
+        if self.min_clip_seconds > self.max_clip_seconds:
+            raise ValueError(f"min_clip_seconds {self.min_clip_seconds} > max_clip_seconds {self.max_clip_seconds}")
+        return self
+
+    @property
+    def snapshot_path(self) -> Path:
+        return self.data_dir / "index.snapshot"
 
 
 @lru_cache

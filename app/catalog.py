@@ -1,0 +1,98 @@
+"""The catalogue: the durable store and the in-memory search index, kept in step.
+
+The store is the one source of truth. A track is written to the store first
+(one atomic write), then added to the index; a crash in between leaves it in
+the store, and the next start-up rebuilds the index from the store. The index
+snapshot is written only at a clean shutdown and removed once loaded, so a
+snapshot on disk always describes the store as it was left.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Optional
+
+from app.store import CatalogStore, TrackRecord
+from index.local_index import LocalIndex, SnapshotMismatch, read_header
+
+
+class CatalogMismatch(ValueError):
+    """The store holds embeddings made by another model than the one loaded."""
+
+
+class Catalog:
+    def __init__(self, store: CatalogStore, index: LocalIndex, model_id: str):
+        self.store = store
+        self.index = index
+        self.model_id = model_id
+        self._writes = threading.Lock()  # store and index change together, one track at a time
+
+    @classmethod
+    def open(
+        cls,
+        store: CatalogStore,
+        model_id: str,
+        dim: int,
+        snapshot: Path,
+        k_neighbours: int = 50,
+        ef_search: int = 100,
+        m: int = 16,
+    ) -> tuple["Catalog", str]:
+        """Open over `store`; returns the catalogue and how its index was built ("snapshot" or "rebuilt")."""
+        foreign = sorted(store.model_ids() - {model_id})
+        if foreign:
+            raise CatalogMismatch(
+                f"the catalogue holds embeddings of model(s) {foreign}, but the loaded extractor is {model_id!r}; "
+                "re-embed the catalogue with this model or load the model that built it"
+            )
+        index = _load_snapshot(snapshot, store, model_id, dim, k_neighbours, ef_search)
+        how = "snapshot"
+        if index is None:
+            how = "rebuilt"
+            index = LocalIndex(dim, k_neighbours=k_neighbours, ef_search=ef_search, m=m,
+                               initial_capacity=max(1024, store.vector_count()))
+            for record in store.iter_records():
+                index.add(record.track_id, record.vectors, record.starts_s)
+        return cls(store, index, model_id), how
+
+    def ingest(self, record: TrackRecord, replace: bool = False) -> None:
+        """Store then index one track; searchable when this returns."""
+        if record.model_id != self.model_id:
+            raise CatalogMismatch(f"embeddings of model {record.model_id!r} offered to a {self.model_id!r} catalogue")
+        with self._writes:
+            self.store.put(record, replace=replace)
+            self.index.add(record.track_id, record.vectors, record.starts_s, replace=replace)
+
+    def delete(self, track_id: str) -> bool:
+        with self._writes:
+            removed = self.store.delete(track_id)
+            if self.index.contains(track_id):
+                self.index.remove(track_id)
+            return removed
+
+    def get(self, track_id: str) -> Optional[TrackRecord]:
+        return self.store.get(track_id)
+
+    def save_snapshot(self, path: Path) -> None:
+        with self._writes:
+            self.index.save(path, self.model_id)
+
+
+def _load_snapshot(
+    path: Path, store: CatalogStore, model_id: str, dim: int, k_neighbours: int, ef_search: int
+) -> Optional[LocalIndex]:
+    """The snapshot's index if its header matches the store, else None. The file is removed either way."""
+    if not path.exists():
+        return None
+    try:
+        header = read_header(path)
+        fits = (header.model_id, header.dim, header.vector_count, header.track_count) == (
+            model_id, dim, store.vector_count(), store.count())
+        return LocalIndex.load(path, model_id, dim, k_neighbours=k_neighbours, ef_search=ef_search) if fits else None
+    except (SnapshotMismatch, ValueError, OSError, KeyError):
+        return None
+    finally:
+        # a crash from here on must not find a snapshot older than the store's next writes
+        os.remove(path)

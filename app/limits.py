@@ -1,0 +1,77 @@
+"""ASGI middleware: the request body limit (enforced while streaming) and per-route metrics."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from fastapi import HTTPException
+
+from app.metrics import REQUEST_SECONDS, REQUESTS
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from `receive` past the limit. An HTTPException, so FastAPI's body parsing passes it through."""
+
+    def __init__(self, max_bytes: int):
+        super().__init__(413, f"the request body is over the {max_bytes}-byte limit; send a smaller file")
+
+
+class BodyLimit:
+    """413 for a body over `max_bytes`: at once from Content-Length, else as soon as the stream passes it."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await _send_json(send, 413, BodyTooLarge(self.max_bytes).detail)
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+class RequestMetrics:
+    """Counts and times every request by route template (not raw path: ids would explode the label set)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def observed_send(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            REQUEST_SECONDS.labels(template, scope["method"]).observe(time.perf_counter() - started)
+            REQUESTS.labels(template, scope["method"], str(status["code"])).inc()
+
+
+async def _send_json(send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,269 @@
+"""The HTTP service: `uvicorn app.main:app`. Routes translate HTTP to pipeline calls and errors to statuses.
+
+Heavy things (extractor, store, index) are created in the lifespan, never at
+import, and reach routes through typed dependencies.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from contextlib import asynccontextmanager
+from typing import Annotated, Optional
+
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app import schemas
+from app.catalog import Catalog
+from app.limits import BodyLimit, RequestMetrics
+from app.metrics import CATALOG_TRACKS, INDEX_VECTORS
+from app.pipeline import ClipDurationError, Embedder, identify, ingest
+from app.settings import Settings, get_settings
+from app.store import StoreError, StoreUnavailable, TrackExists, TrackRecord, open_store
+from models.audio import AudioError
+from models.extractor import load_extractor
+
+log = logging.getLogger("coverid")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    settings: Settings = app.state.settings
+    logging.basicConfig(level=settings.log_level.upper())
+    extractor = load_extractor(settings.model_path, settings.device)
+    store = open_store(settings.data_dir, settings.redis_url)
+    catalog, how = Catalog.open(store, extractor.model_id, extractor.config.embedding_dim, settings.snapshot_path,
+                                settings.k_neighbours, settings.ef_search, settings.hnsw_m)
+    log.info("model %s on %s; %d tracks, index %s", extractor.model_id, extractor.device, store.count(), how)
+    app.state.embedder = Embedder(extractor)
+    app.state.catalog = catalog
+    _update_gauges(catalog)
+    try:
+        yield
+    finally:
+        catalog.save_snapshot(settings.snapshot_path)
+        store.close()
+
+
+def create_app(settings: Optional[Settings] = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(title="coverid", version="0.1.0", lifespan=lifespan,
+                  description="Which catalogue song is this clip a cover of? (ByteCover3)")
+    app.state.settings = settings
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(RequestMetrics)
+    app.include_router(_routes())
+    app.add_exception_handler(AudioError, _audio_error)
+    app.add_exception_handler(StoreUnavailable, _store_unavailable)
+    return app
+
+
+# -- dependencies ------------------------------------------------------------------
+
+
+def settings_dep(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def catalog_dep(request: Request) -> Catalog:
+    return request.app.state.catalog
+
+
+def embedder_dep(request: Request) -> Embedder:
+    return request.app.state.embedder
+
+
+SettingsDep = Annotated[Settings, Depends(settings_dep)]
+CatalogDep = Annotated[Catalog, Depends(catalog_dep)]
+EmbedderDep = Annotated[Embedder, Depends(embedder_dep)]
+
+
+def _check_key(request: Request, settings: Settings) -> None:
+    if not settings.api_keys:
+        return
+    header = request.headers.get("authorization", "")
+    offered = header[7:].encode() if header.lower().startswith("bearer ") else b""
+    # compare with every key, in constant time, so timing does not reveal a prefix
+    valid = [hmac.compare_digest(offered, key.get_secret_value().encode()) for key in settings.api_keys]
+    if not any(valid):
+        raise HTTPException(401, "a valid API key is required: send 'Authorization: Bearer <key>'",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+def require_key(request: Request, settings: SettingsDep) -> None:
+    _check_key(request, settings)
+
+
+def require_identify_key(request: Request, settings: SettingsDep) -> None:
+    if settings.identify_requires_key:
+        _check_key(request, settings)
+
+
+# -- routes ------------------------------------------------------------------------
+
+
+def _routes():
+    from fastapi import APIRouter
+
+    router = APIRouter()
+
+    @router.post("/catalog", status_code=201, response_model=schemas.Track, dependencies=[Depends(require_key)])
+    async def add_track(
+        catalog: CatalogDep,
+        embedder: EmbedderDep,
+        settings: SettingsDep,
+        file: Annotated[UploadFile, File(description="the reference recording")],
+        track_id: Annotated[Optional[str], Form(max_length=200, pattern=r"^[A-Za-z0-9._:-]+$")] = None,
+        title: Annotated[Optional[str], Form(max_length=500)] = None,
+        artist: Annotated[Optional[str], Form(max_length=500)] = None,
+        metadata: Annotated[Optional[str], Form(description="a JSON object")] = None,
+        replace: Annotated[bool, Query(description="overwrite an existing track_id")] = False,
+    ) -> schemas.Track:
+        extra = _metadata(metadata)
+        if track_id and not replace and catalog.get(track_id) is not None:
+            raise HTTPException(409, f"track {track_id!r} already exists; send replace=true to overwrite it")
+        data = await file.read()
+        try:
+            record = await run_in_threadpool(ingest, embedder, catalog, data, settings.max_track_seconds,
+                                             track_id, title, artist, extra, replace)
+        except TrackExists:
+            raise HTTPException(409, f"track {track_id!r} already exists; send replace=true to overwrite it") from None
+        _update_gauges(catalog)
+        return _track(record)
+
+    @router.post("/catalog/batch", response_model=schemas.BatchResult, dependencies=[Depends(require_key)])
+    async def add_tracks(
+        catalog: CatalogDep,
+        embedder: EmbedderDep,
+        settings: SettingsDep,
+        files: Annotated[list[UploadFile], File(description="reference recordings; each gets a new track_id")],
+    ) -> schemas.BatchResult:
+        items = []
+        for upload in files:
+            name = upload.filename or "upload"
+            try:
+                record = await run_in_threadpool(ingest, embedder, catalog, await upload.read(),
+                                                 settings.max_track_seconds, None, _stem(name))
+                items.append(schemas.BatchItem(filename=name, status=201, track=_track(record)))
+            except AudioError as err:
+                items.append(schemas.BatchItem(filename=name, status=_audio_status(err), error=str(err)))
+        _update_gauges(catalog)
+        ok = sum(item.status == 201 for item in items)
+        return schemas.BatchResult(catalogued=ok, failed=len(items) - ok, items=items)
+
+    @router.get("/catalog", response_model=schemas.TrackPage)
+    def list_tracks(
+        catalog: CatalogDep,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> schemas.TrackPage:
+        items = [_track(r) for r in catalog.store.list(offset, limit)]
+        return schemas.TrackPage(total=catalog.store.count(), offset=offset, limit=limit, items=items)
+
+    @router.get("/catalog/{track_id}", response_model=schemas.Track)
+    def get_track(track_id: str, catalog: CatalogDep) -> schemas.Track:
+        record = catalog.get(track_id)
+        if record is None:
+            raise HTTPException(404, f"no track {track_id!r} in the catalogue")
+        return _track(record)
+
+    @router.delete("/catalog/{track_id}", status_code=204, dependencies=[Depends(require_key)])
+    def delete_track(track_id: str, catalog: CatalogDep) -> Response:
+        if not catalog.delete(track_id):
+            raise HTTPException(404, f"no track {track_id!r} in the catalogue")
+        _update_gauges(catalog)
+        return Response(status_code=204)
+
+    @router.post("/identify", response_model=schemas.IdentifyResponse, dependencies=[Depends(require_identify_key)])
+    async def identify_clip(
+        catalog: CatalogDep,
+        embedder: EmbedderDep,
+        settings: SettingsDep,
+        file: Annotated[UploadFile, File(description="the clip to identify, 6 to 60 s typically")],
+        top_k: Annotated[int, Query(ge=1)] = 10,
+        min_score: Annotated[Optional[float], Query(ge=-1.0, le=1.0)] = None,
+    ) -> schemas.IdentifyResponse:
+        if top_k > settings.max_top_k:
+            raise HTTPException(422, f"top_k is at most {settings.max_top_k}")
+        data = await file.read()
+        try:
+            result = await run_in_threadpool(identify, embedder, catalog, data, top_k, min_score,
+                                             settings.min_clip_seconds, settings.max_clip_seconds)
+        except ClipDurationError as err:
+            raise HTTPException(422, str(err)) from None
+        return schemas.IdentifyResponse(
+            matches=[schemas.Match(**vars(m)) for m in result.matches], query_duration_s=result.query_duration_s,
+            n_segments=result.n_segments, timings_ms=result.timings_ms,
+        )
+
+    @router.get("/healthz", response_model=schemas.Health)
+    def healthz() -> schemas.Health:
+        return schemas.Health(status="alive")
+
+    @router.get("/readyz", response_model=schemas.Health)
+    def readyz(request: Request) -> JSONResponse:
+        catalog: Optional[Catalog] = getattr(request.app.state, "catalog", None)
+        if catalog is None:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        if not catalog.store.ping():
+            return JSONResponse({"status": "unavailable", "detail": "the catalogue store does not answer"}, 503)
+        body = schemas.Health(status="ready", model_id=catalog.model_id, tracks=catalog.store.count(),
+                              vectors=catalog.index.vector_count)
+        return JSONResponse(body.model_dump())
+
+    @router.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+# -- helpers -----------------------------------------------------------------------
+
+
+def _metadata(text: Optional[str]) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise HTTPException(422, f"metadata must be a JSON object: {err.msg} at position {err.pos}") from None
+    if not isinstance(value, dict):
+        raise HTTPException(422, f"metadata must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def _stem(filename: str) -> str:
+    base = filename.rsplit("/", 1)[-1]
+    return base.rsplit(".", 1)[0] if "." in base else base
+
+
+def _track(record: TrackRecord) -> schemas.Track:
+    return schemas.Track(track_id=record.track_id, title=record.title, artist=record.artist,
+                         metadata=record.metadata, duration_s=record.duration_s, n_segments=record.n_segments,
+                         model_id=record.model_id, created_at=record.created_at)
+
+
+def _update_gauges(catalog: Catalog) -> None:
+    CATALOG_TRACKS.set(len(catalog.index))
+    INDEX_VECTORS.set(catalog.index.vector_count)
+
+
+def _audio_status(err: AudioError) -> int:
+    return 415 if err.reason == "unsupported_format" else 422
+
+
+async def _audio_error(request: Request, err: AudioError) -> JSONResponse:
+    return JSONResponse({"detail": str(err), "reason": err.reason}, status_code=_audio_status(err))
+
+
+async def _store_unavailable(request: Request, err: StoreError) -> JSONResponse:
+    log.error("store unavailable: %s", err)
+    return JSONResponse({"detail": "the catalogue store is unavailable; retry later"}, status_code=503)
+
+
+app = create_app()

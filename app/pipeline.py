@@ -1,0 +1,141 @@
+"""What the routes call: ingest an upload into the catalogue, identify a clip. No HTTP here.
+
+Model calls are serialised with one lock: on a CPU torch already uses every
+core for one call, and on a GPU one call at a time keeps memory bounded; the
+routes run these functions in a worker thread so the event loop stays free.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Optional
+
+from app.catalog import Catalog
+from app.metrics import STAGE_SECONDS
+from app.store import TrackRecord
+from models.extractor import LoadedExtractor, LocalEmbeddings
+
+
+class ClipDurationError(ValueError):
+    """A clip outside the configured duration range."""
+
+
+@dataclass
+class StageClock:
+    """Seconds per named stage, also observed into the stage histogram."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+        STAGE_SECONDS.labels(stage).observe(seconds)
+
+    def milliseconds(self) -> dict[str, float]:
+        return {stage: round(1000 * s, 2) for stage, s in self.seconds.items()}
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    track_id: str
+    title: Optional[str]
+    artist: Optional[str]
+    score: float
+    query_start_s: float
+    reference_start_s: float
+
+
+@dataclass(frozen=True)
+class Identification:
+    matches: list[MatchResult]
+    query_duration_s: float
+    n_segments: int
+    timings_ms: dict[str, float]
+
+
+class Embedder:
+    """The loaded extractor behind one lock, timing decode and embed separately."""
+
+    def __init__(self, extractor: LoadedExtractor):
+        self.extractor = extractor
+        self._lock = threading.Lock()
+
+    @property
+    def model_id(self) -> str:
+        return self.extractor.model_id
+
+    def embed(self, data: bytes, max_seconds: float, clock: StageClock) -> LocalEmbeddings:
+        started = time.perf_counter()
+        waveform = self.extractor.decode(data, max_seconds=max_seconds)
+        decoded = time.perf_counter()
+        clock.add("decode", decoded - started)
+        with self._lock:
+            embeddings = self.extractor.embed_waveform(waveform)
+        clock.add("embed", time.perf_counter() - decoded)
+        return embeddings
+
+
+def ingest(
+    embedder: Embedder,
+    catalog: Catalog,
+    data: bytes,
+    max_seconds: float,
+    track_id: Optional[str] = None,
+    title: Optional[str] = None,
+    artist: Optional[str] = None,
+    metadata: Optional[dict] = None,
+    replace: bool = False,
+) -> TrackRecord:
+    clock = StageClock()
+    embeddings = embedder.embed(data, max_seconds, clock)
+    record = TrackRecord(
+        track_id=track_id or uuid.uuid4().hex,
+        title=title,
+        artist=artist,
+        metadata=metadata or {},
+        duration_s=round(embeddings.duration_s, 3),
+        model_id=embedder.model_id,
+        created_at=time.time(),
+        vectors=embeddings.vectors.numpy(),
+        starts_s=embeddings.starts_s.numpy(),
+    )
+    started = time.perf_counter()
+    catalog.ingest(record, replace=replace)
+    clock.add("store", time.perf_counter() - started)
+    return record
+
+
+def identify(
+    embedder: Embedder,
+    catalog: Catalog,
+    data: bytes,
+    top_k: int,
+    min_score: Optional[float],
+    min_seconds: float,
+    max_seconds: float,
+) -> Identification:
+    clock = StageClock()
+    started = time.perf_counter()
+    embeddings = embedder.embed(data, max_seconds, clock)
+    if embeddings.duration_s < min_seconds:
+        raise ClipDurationError(f"the clip lasts {embeddings.duration_s:.1f} s; send at least {min_seconds:g} s")
+    stages: dict[str, float] = {}
+    matches = catalog.index.search(
+        embeddings.vectors.numpy(), top_k=top_k, query_starts_s=embeddings.starts_s.numpy(), timings=stages
+    )
+    for stage, seconds in stages.items():
+        clock.add(stage, seconds)
+    results = []
+    for match in matches:
+        if min_score is not None and match.score < min_score:
+            break
+        record = catalog.get(match.track_id)
+        if record is None:  # deleted between the search and now
+            continue
+        results.append(MatchResult(match.track_id, record.title, record.artist, round(match.score, 5),
+                                   round(float(match.query_start_s), 3), round(float(match.reference_start_s), 3)))
+    clock.seconds["total"] = time.perf_counter() - started
+    return Identification(results, round(embeddings.duration_s, 3), int(embeddings.vectors.shape[0]),
+                          clock.milliseconds())

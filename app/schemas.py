@@ -1,0 +1,62 @@
+"""Response bodies of the HTTP API (they are also its OpenAPI documentation)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from pydantic import BaseModel, Field
+
+
+class Track(BaseModel):
+    track_id: str
+    title: Optional[str] = None
+    artist: Optional[str] = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    duration_s: float
+    n_segments: int = Field(description="20 s chunks (10 s hop) embedded for this track")
+    model_id: str
+    created_at: float
+
+
+class TrackPage(BaseModel):
+    total: int
+    offset: int
+    limit: int
+    items: list[Track]
+
+
+class BatchItem(BaseModel):
+    filename: str
+    status: int = Field(description="201 when catalogued, else the status a single upload would get")
+    track: Optional[Track] = None
+    error: Optional[str] = None
+
+
+class BatchResult(BaseModel):
+    catalogued: int
+    failed: int
+    items: list[BatchItem]
+
+
+class Match(BaseModel):
+    track_id: str
+    title: Optional[str] = None
+    artist: Optional[str] = None
+    score: float = Field(description="MaxMean similarity of the clip and the track; higher is better")
+    query_start_s: float = Field(description="start of the best-matching clip segment")
+    reference_start_s: float = Field(description="where that segment sits in the catalogue track")
+
+
+class IdentifyResponse(BaseModel):
+    matches: list[Match]
+    query_duration_s: float
+    n_segments: int
+    timings_ms: dict[str, float]
+
+
+class Health(BaseModel):
+    status: str
+    model_id: Optional[str] = None
+    tracks: Optional[int] = None
+    vectors: Optional[int] = None
+    detail: Optional[str] = None

@@ -149,6 +149,62 @@ def _cmd_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    # one worker: the extractor and the index live in the process (see README, "Scaling")
+    uvicorn.run("app.main:app", host=args.host, port=args.port, log_level=get_settings().log_level)
+    return 0
+
+
+def _auth_headers(key: str | None) -> dict:
+    key = key or os.environ.get("COVERID_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".opus", ".mp3"}
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    import httpx
+
+    files = sorted(p for p in args.folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        print(f"error: no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) under {args.folder}", file=sys.stderr)
+        return 2
+    report = _progress_line("ingesting")
+    failed = 0
+    with httpx.Client(base_url=args.url, timeout=300, headers=_auth_headers(args.api_key)) as client:
+        for done, path in enumerate(files, 1):
+            fields = {"track_id": path.stem if args.ids_from_names else None, "title": path.stem}
+            response = client.post("/catalog", files={"file": (path.name, path.read_bytes())},
+                                   data={k: v for k, v in fields.items() if v}, params={"replace": str(args.replace).lower()})
+            if response.status_code != 201:
+                failed += 1
+                print(f"\nskipped {path}: {response.status_code} {response.json().get('detail')}", file=sys.stderr)
+            report(done, len(files), failed)
+    print(f"{len(files) - failed} of {len(files)} files catalogued")
+    return 0 if failed == 0 else 1
+
+
+def _cmd_identify(args: argparse.Namespace) -> int:
+    import httpx
+
+    with httpx.Client(base_url=args.url, timeout=120, headers=_auth_headers(args.api_key)) as client:
+        response = client.post("/identify", files={"file": (args.file.name, args.file.read_bytes())},
+                               params={"top_k": args.top_k})
+    if response.status_code != 200:
+        print(f"error: {response.status_code} {response.json().get('detail')}", file=sys.stderr)
+        return 2
+    body = response.json()
+    print(f"{args.file}: {body['query_duration_s']:.1f} s, {body['n_segments']} segments, "
+          f"{body['timings_ms']['total']:.0f} ms")
+    for rank, match in enumerate(body["matches"], 1):
+        print(f"{rank:>3}. {match['track_id']}  {match['title'] or ''}  score {match['score']:.3f}  "
+              f"clip {match['query_start_s']:.0f} s ~ track {match['reference_start_s']:.0f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coverid", description="Cover song identification on short clips")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -213,6 +269,26 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     evaluation.add_argument("--seed", type=int, default=0)
     evaluation.set_defaults(run=_cmd_evaluate)
+
+    serve = commands.add_parser("serve", help="run the HTTP service (settings from COVERID_* variables)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(run=_cmd_serve)
+
+    ingest = commands.add_parser("ingest", help="catalogue every audio file under a folder through the service")
+    ingest.add_argument("folder", type=Path)
+    ingest.add_argument("--url", default="http://127.0.0.1:8000")
+    ingest.add_argument("--api-key", help="default: COVERID_API_KEY")
+    ingest.add_argument("--ids-from-names", action="store_true", help="track_id = file name without extension")
+    ingest.add_argument("--replace", action="store_true")
+    ingest.set_defaults(run=_cmd_ingest)
+
+    ident = commands.add_parser("identify", help="ask the service which catalogue tracks a clip covers")
+    ident.add_argument("file", type=Path)
+    ident.add_argument("--url", default="http://127.0.0.1:8000")
+    ident.add_argument("--api-key", help="default: COVERID_API_KEY")
+    ident.add_argument("--top-k", type=int, default=5)
+    ident.set_defaults(run=_cmd_identify)
 
     demo = commands.add_parser("demo-audio", help="write a synthetic tune to an audio file")
     demo.add_argument("output", type=Path)

@@ -92,8 +92,11 @@ class ResNetIBN(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.channels = in_channels
         self.pool = GeM()
-        # PCA-FC (ByteCover2): a linear reduction that `init_reduction_from_pca` can start at the PCA solution
+        # PCA-FC (ByteCover2): a linear reduction that `init_reduction_from_pca` can start at the PCA solution,
+        # then batch norm (ByteCover's BNNeck): it centres the embeddings, which otherwise start out nearly
+        # parallel (cosine ~0.99 between unrelated tracks) and leave MaxMean nothing to separate
         self.reduction = nn.Linear(in_channels, embedding_dim)
+        self.neck = nn.BatchNorm1d(embedding_dim)
         self._init_weights()
 
     @classmethod
@@ -118,7 +121,7 @@ class ResNetIBN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, 1, F, T) -> (N, embedding_dim), L2-normalised."""
-        return F.normalize(self.reduction(self.pooled(x)), dim=-1)
+        return F.normalize(self.neck(self.reduction(self.pooled(x))), dim=-1)
 
 
 @torch.no_grad()

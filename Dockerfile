@@ -12,7 +12,10 @@ COPY models ./models
 COPY index ./index
 RUN pip install --no-cache-dir .
 
-ENV COVERID_DEVICE=auto
+ENV COVERID_DEVICE=auto \
+    COVERID_MODEL_PATH=/srv/coverid/models/weights/extractor.pt \
+    COVERID_DATA_DIR=/srv/coverid/data
 COPY docker/entrypoint.sh /usr/local/bin/coverid-entrypoint
 ENTRYPOINT ["coverid-entrypoint"]
-CMD ["embed", "--help"]
+EXPOSE 8000
+CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,4 +1,4 @@
 #!/bin/sh
-# Runs the coverid CLI with the container's arguments (the service's `serve` command comes with the HTTP service).
+# Runs the coverid CLI with the container's arguments (default: `serve`).
 set -e
 exec coverid "$@"

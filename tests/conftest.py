@@ -70,3 +70,12 @@ def shared_data():
     if not root.exists():
         pytest.fail(f"shared data not found at {root}: the checkout must sit beside shared/")
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules of tiny tensors: on a busy 2-core machine a second intra-op thread only adds spin-waiting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -13,13 +13,7 @@ FRAME_SECONDS = ExtractorConfig().frame_seconds
 C1 = 24  # MIDI pitch of CQT bin 0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These tensors are tiny: on a busy 2-core machine a second intra-op thread only adds spin-waiting (6x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def notes_to_cqt(notes, seconds: float, transpose: int = 0) -> torch.Tensor:

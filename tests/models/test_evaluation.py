@@ -25,13 +25,7 @@ FRAME_SECONDS = ExtractorConfig().frame_seconds
 WINDOW = 431  # frames of one local embedding (10 s) in the toy embeds below
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These tensors are tiny: on a busy 2-core machine a second intra-op thread only adds spin-waiting (6x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- a stand-in with LocalIndex's API, so these tests do not need hnswlib ------------

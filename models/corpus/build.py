@@ -77,7 +77,9 @@ def build(
     todo = [job for job in jobs if not job.path(cache).exists()]
     errors: list[str] = []
     done = len(jobs) - len(todo)
-    context = multiprocessing.get_context("fork")
+    # spawn, not fork: a forked pool hung here with idle workers near the end of a build; forking a
+    # process that has loaded torch (OpenMP) is a known cause of such hangs
+    context = multiprocessing.get_context("spawn")
     with context.Pool(workers, initializer=_init_worker, initargs=(config, str(cache))) as pool:
         for error in pool.imap_unordered(_run_job, todo, chunksize=4):
             done += 1

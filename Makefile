@@ -14,11 +14,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-# Until trained weights ship (models/weights/extractor.pt), run exports an untrained extractor.
+# The service on the embedded store (SQLite in ./data), on http://127.0.0.1:8000.
+# Until trained weights ship (models/weights/extractor.pt), run exports an untrained extractor to build/.
 run: install
-	$(PY) -m app.cli export --output $(MODEL) --width 16 --if-missing
-	$(PY) -m app.cli demo-audio build/demo.flac --seconds 45
-	$(PY) -m app.cli embed build/demo.flac --model $(MODEL)
+	@if [ -f models/weights/extractor.pt ]; then \
+		$(VENV)/bin/coverid serve; \
+	else \
+		$(PY) -m app.cli export --output $(MODEL) --width 16 --if-missing && \
+		COVERID_MODEL_PATH=$(MODEL) $(VENV)/bin/coverid serve; \
+	fi
 
 test: install
 	$(PY) -m pytest -q

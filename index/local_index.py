@@ -162,6 +162,13 @@ class LocalIndex:
         with self._lock.read():
             return list(self._tracks)
 
+    def vectors(self, track_id: str) -> np.ndarray:
+        """A copy of one track's stored vectors, (N, dim) in segment order."""
+        with self._lock.read():
+            if track_id not in self._tracks:
+                raise UnknownTrack(track_id)
+            return self._vectors[self._tracks[track_id].slots].copy()
+
     # ---- changes
 
     def add(

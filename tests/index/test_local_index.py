@@ -371,3 +371,19 @@ def test_rwlock_readers_share_and_a_waiting_writer_goes_before_new_readers():
     write.join(5)
     late.join(5)
     assert order == ["shared", "writer", "late"]
+
+
+def test_vectors_returns_a_copy_in_segment_order():
+    from index.local_index import LocalIndex, UnknownTrack
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((4, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = LocalIndex(32)
+    index.add("t", vectors)
+    copy = index.vectors("t")
+    assert np.allclose(copy, vectors, atol=1e-6)
+    copy[:] = 0
+    assert np.allclose(index.vectors("t"), vectors, atol=1e-6)
+    with pytest.raises(UnknownTrack):
+        index.vectors("nope")

@@ -1,0 +1,167 @@
+"""Service benchmarks: identify latency over HTTP, two-stage vs all-pairs, ingest throughput, memory per track.
+
+For each catalogue size, synthetic local embeddings (random unit vectors,
+`--chunks` per track: 23 is a 4-minute track) go through the same store
+(SQLite) and index code as the service; the index snapshot is saved so the
+real server, started afterwards with uvicorn on loopback, loads it. Then:
+- identify: p50/p95 of POST /identify with a real 30 s audio clip, client-side wall time;
+- two-stage vs all-pairs: in-process LocalIndex.search vs search_exhaustive for
+  3-chunk queries (noisy copies of a stored track's chunks), with recall@10 of
+  the two-stage top 10 against the all-pairs top 10;
+- ingest: POST /catalog of real audio, seconds of audio per second;
+- memory: resident memory of the server process and store size, per track.
+
+    .venv/bin/python benchmarks/service.py --tracks 1000 100000 [--model build/extractor.pt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import soundfile as sf
+
+from app.catalog import Catalog
+from app.store import SQLiteStore, TrackRecord
+from index.local_index import LocalIndex
+from models.extractor import load_extractor
+from models.synth import random_tune, render_notes
+
+RATE = 22050
+
+
+def fill(data_dir: Path, tracks: int, chunks: int, dim: int, model_id: str, seed: int) -> tuple[LocalIndex, float]:
+    """Insert synthetic tracks through store + index; returns the index and tracks per second."""
+    rng = np.random.default_rng(seed)
+    store = SQLiteStore(data_dir)
+    catalog, _ = Catalog.open(store, model_id, dim, data_dir / "index.snapshot")
+    catalog.index = LocalIndex(dim, initial_capacity=tracks * chunks + 1024)
+    started = time.perf_counter()
+    for i in range(tracks):
+        vectors = rng.standard_normal((chunks, dim)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        starts = (np.arange(chunks) * 10.0).astype(np.float32)
+        catalog.ingest(TrackRecord(f"synthetic-{i}", None, None, {}, 10.0 * chunks + 10, model_id, time.time(),
+                                   vectors, starts))
+    rate = tracks / (time.perf_counter() - started)
+    catalog.save_snapshot(data_dir / "index.snapshot")
+    store.close()
+    return catalog.index, rate
+
+
+def two_stage_vs_all_pairs(index: LocalIndex, tracks: int, chunks: int, dim: int, queries: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed + 1)
+    two_stage, all_pairs, recalls = [], [], []
+    for _ in range(queries):
+        track = int(rng.integers(tracks))
+        first = int(rng.integers(0, chunks - 3))
+        stored = index.vectors(f"synthetic-{track}")[first : first + 3]
+        query = stored + 0.3 * rng.standard_normal(stored.shape).astype(np.float32) / np.sqrt(dim)
+        t = time.perf_counter()
+        fast = index.search(query, top_k=10)
+        two_stage.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        exact = index.search_exhaustive(query, top_k=10)
+        all_pairs.append(time.perf_counter() - t)
+        recalls.append(len({m.track_id for m in fast} & {m.track_id for m in exact}) / 10)
+    return {"two_stage_ms": 1000 * statistics.median(two_stage), "all_pairs_ms": 1000 * statistics.median(all_pairs),
+            "recall_at_10": float(np.mean(recalls))}
+
+
+def audio_bytes(seconds: float, seed: int) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, render_notes(random_tune(seconds, seed=seed), RATE, seconds, seed=seed), RATE, format="FLAC")
+    return buffer.getvalue()
+
+
+def serve(model: Path, data_dir: Path, port: int) -> subprocess.Popen:
+    env = {**os.environ, "COVERID_MODEL_PATH": str(model), "COVERID_DATA_DIR": str(data_dir), "COVERID_DEVICE": "cpu",
+           "COVERID_LOG_LEVEL": "warning"}
+    process = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port),
+                                "--log-level", "warning"], env=env)
+    for _ in range(6000):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError("the service did not become ready")
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tracks", type=int, nargs="+", default=[1000])
+    parser.add_argument("--chunks", type=int, default=23)
+    parser.add_argument("--model", type=Path, default=Path("build/extractor.pt"))
+    parser.add_argument("--requests", type=int, default=50)
+    parser.add_argument("--queries", type=int, default=50)
+    parser.add_argument("--ingest-tracks", type=int, default=10)
+    parser.add_argument("--port", type=int, default=8765)
+    args = parser.parse_args()
+    extractor = load_extractor(args.model, "cpu")
+    dim, model_id = extractor.config.embedding_dim, extractor.model_id
+    clip = audio_bytes(30.0, seed=7)
+    print(f"# {args.model} ({model_id}); {args.chunks} chunks per track; median of {args.requests} requests")
+    print("| tracks | fill (tracks/s) | identify p50 | identify p95 | two-stage | all-pairs | speed-up | recall@10 | "
+          "server RSS | RSS per track | store per track |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for tracks in args.tracks:
+        with tempfile.TemporaryDirectory(dir=".") as tmp:
+            data_dir = Path(tmp)
+            index, fill_rate = fill(data_dir, tracks, args.chunks, dim, model_id, seed=tracks)
+            compare = two_stage_vs_all_pairs(index, tracks, args.chunks, dim, args.queries, seed=tracks)
+            del index
+            process = serve(args.model, data_dir, args.port)
+            try:
+                latencies = []
+                with httpx.Client(base_url=f"http://127.0.0.1:{args.port}", timeout=60) as client:
+                    client.post("/identify", files={"file": ("clip.flac", clip)})  # warm-up
+                    for _ in range(args.requests):
+                        t = time.perf_counter()
+                        client.post("/identify", files={"file": ("clip.flac", clip)}).raise_for_status()
+                        latencies.append(time.perf_counter() - t)
+                rss = rss_mib(process.pid)
+            finally:
+                process.terminate()
+                process.wait()
+            store_mib = (data_dir / "catalog.sqlite3").stat().st_size / 2**20
+            p50, p95 = np.percentile(latencies, [50, 95]) * 1000
+            print(f"| {tracks} | {fill_rate:.0f} | {p50:.1f} ms | {p95:.1f} ms | {compare['two_stage_ms']:.2f} ms | "
+                  f"{compare['all_pairs_ms']:.1f} ms | {compare['all_pairs_ms'] / compare['two_stage_ms']:.0f}x | "
+                  f"{compare['recall_at_10']:.3f} | {rss:.0f} MiB | {1024 * rss / tracks:.1f} KiB | "
+                  f"{1024 * store_mib / tracks:.1f} KiB |", flush=True)
+    # ingest throughput with real audio through HTTP
+    with tempfile.TemporaryDirectory(dir=".") as tmp:
+        process = serve(args.model, Path(tmp), args.port)
+        try:
+            uploads = [audio_bytes(240.0, seed=100 + i) for i in range(args.ingest_tracks)]
+            with httpx.Client(base_url=f"http://127.0.0.1:{args.port}", timeout=120) as client:
+                t = time.perf_counter()
+                for data in uploads:
+                    client.post("/catalog", files={"file": ("t.flac", data)}).raise_for_status()
+                elapsed = time.perf_counter() - t
+        finally:
+            process.terminate()
+            process.wait()
+    print(f"\ningest: {args.ingest_tracks} x 240 s FLAC over HTTP in {elapsed:.1f} s = "
+          f"{240 * args.ingest_tracks / elapsed:.0f} s of audio per second")
+
+
+if __name__ == "__main__":
+    main()

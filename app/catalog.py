@@ -18,6 +18,9 @@ from app.store import CatalogStore, TrackRecord
 from index.local_index import LocalIndex, SnapshotMismatch, read_header
 
 
+REBUILD_BATCH = 512  # tracks per index insert when rebuilding from the store
+
+
 class CatalogMismatch(ValueError):
     """The store holds embeddings made by another model than the one loaded."""
 
@@ -53,8 +56,13 @@ class Catalog:
             how = "rebuilt"
             index = LocalIndex(dim, k_neighbours=k_neighbours, ef_search=ef_search, m=m,
                                initial_capacity=max(1024, store.vector_count()))
-            for record in store.iter_records():
-                index.add(record.track_id, record.vectors, record.starts_s)
+            batch: list = []
+            for record in store.iter_records(batch_size=REBUILD_BATCH):
+                batch.append((record.track_id, record.vectors, record.starts_s))
+                if len(batch) == REBUILD_BATCH:
+                    index.add_many(batch)
+                    batch = []
+            index.add_many(batch)
         return cls(store, index, model_id), how
 
     def ingest(self, record: TrackRecord, replace: bool = False) -> None:
@@ -64,6 +72,15 @@ class Catalog:
         with self._writes:
             self.store.put(record, replace=replace)
             self.index.add(record.track_id, record.vectors, record.starts_s, replace=replace)
+
+    def ingest_many(self, records: list[TrackRecord]) -> None:
+        """Store then index new tracks as one batch (one store write where the backend allows it)."""
+        foreign = {r.model_id for r in records} - {self.model_id}
+        if foreign:
+            raise CatalogMismatch(f"embeddings of model(s) {sorted(foreign)} offered to a {self.model_id!r} catalogue")
+        with self._writes:
+            self.store.put_many(records)
+            self.index.add_many([(r.track_id, r.vectors, r.starts_s) for r in records])
 
     def delete(self, track_id: str) -> bool:
         with self._writes:

@@ -21,7 +21,7 @@ from app import schemas
 from app.catalog import Catalog
 from app.limits import BodyLimit, RequestMetrics
 from app.metrics import CATALOG_TRACKS, INDEX_VECTORS
-from app.pipeline import ClipDurationError, Embedder, identify, ingest
+from app.pipeline import ClipDurationError, Embedder, identify, ingest, make_record
 from app.settings import Settings, get_settings
 from app.store import StoreError, StoreUnavailable, TrackExists, TrackRecord, open_store
 from models.audio import AudioError
@@ -142,15 +142,18 @@ def _routes():
         settings: SettingsDep,
         files: Annotated[list[UploadFile], File(description="reference recordings; each gets a new track_id")],
     ) -> schemas.BatchResult:
-        items = []
+        items, records = [], []
         for upload in files:
             name = upload.filename or "upload"
             try:
-                record = await run_in_threadpool(ingest, embedder, catalog, await upload.read(),
+                record = await run_in_threadpool(make_record, embedder, await upload.read(),
                                                  settings.max_track_seconds, None, _stem(name))
+                records.append(record)
                 items.append(schemas.BatchItem(filename=name, status=201, track=_track(record)))
             except AudioError as err:
                 items.append(schemas.BatchItem(filename=name, status=_audio_status(err), error=str(err)))
+        if records:  # one store write for the batch: acknowledged only once all of it is durable
+            await run_in_threadpool(catalog.ingest_many, records)
         _update_gauges(catalog)
         ok = sum(item.status == 201 for item in items)
         return schemas.BatchResult(catalogued=ok, failed=len(items) - ok, items=items)

@@ -77,6 +77,30 @@ class Embedder:
         return embeddings
 
 
+def make_record(
+    embedder: Embedder,
+    data: bytes,
+    max_seconds: float,
+    track_id: Optional[str] = None,
+    title: Optional[str] = None,
+    artist: Optional[str] = None,
+    metadata: Optional[dict] = None,
+) -> TrackRecord:
+    """Decode and embed an upload into a catalogue record (not stored yet)."""
+    embeddings = embedder.embed(data, max_seconds, StageClock())
+    return TrackRecord(
+        track_id=track_id or uuid.uuid4().hex,
+        title=title,
+        artist=artist,
+        metadata=metadata or {},
+        duration_s=round(embeddings.duration_s, 3),
+        model_id=embedder.model_id,
+        created_at=time.time(),
+        vectors=embeddings.vectors.numpy(),
+        starts_s=embeddings.starts_s.numpy(),
+    )
+
+
 def ingest(
     embedder: Embedder,
     catalog: Catalog,
@@ -88,22 +112,10 @@ def ingest(
     metadata: Optional[dict] = None,
     replace: bool = False,
 ) -> TrackRecord:
-    clock = StageClock()
-    embeddings = embedder.embed(data, max_seconds, clock)
-    record = TrackRecord(
-        track_id=track_id or uuid.uuid4().hex,
-        title=title,
-        artist=artist,
-        metadata=metadata or {},
-        duration_s=round(embeddings.duration_s, 3),
-        model_id=embedder.model_id,
-        created_at=time.time(),
-        vectors=embeddings.vectors.numpy(),
-        starts_s=embeddings.starts_s.numpy(),
-    )
+    record = make_record(embedder, data, max_seconds, track_id, title, artist, metadata)
     started = time.perf_counter()
     catalog.ingest(record, replace=replace)
-    clock.add("store", time.perf_counter() - started)
+    STAGE_SECONDS.labels("store").observe(time.perf_counter() - started)
     return record
 
 

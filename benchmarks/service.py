@@ -46,12 +46,15 @@ def fill(data_dir: Path, tracks: int, chunks: int, dim: int, model_id: str, seed
     catalog, _ = Catalog.open(store, model_id, dim, data_dir / "index.snapshot")
     catalog.index = LocalIndex(dim, initial_capacity=tracks * chunks + 1024)
     started = time.perf_counter()
-    for i in range(tracks):
-        vectors = rng.standard_normal((chunks, dim)).astype(np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        starts = (np.arange(chunks) * 10.0).astype(np.float32)
-        catalog.ingest(TrackRecord(f"synthetic-{i}", None, None, {}, 10.0 * chunks + 10, model_id, time.time(),
-                                   vectors, starts))
+    starts = (np.arange(chunks) * 10.0).astype(np.float32)
+    for first in range(0, tracks, 1000):  # the bulk path (POST /catalog/batch): one store write per batch
+        batch = []
+        for i in range(first, min(tracks, first + 1000)):
+            vectors = rng.standard_normal((chunks, dim)).astype(np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            batch.append(TrackRecord(f"synthetic-{i}", None, None, {}, 10.0 * chunks + 10, model_id, time.time(),
+                                     vectors, starts))
+        catalog.ingest_many(batch)
     rate = tracks / (time.perf_counter() - started)
     catalog.save_snapshot(data_dir / "index.snapshot")
     store.close()

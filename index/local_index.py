@@ -175,13 +175,31 @@ class LocalIndex:
         self, track_id: str, vectors: np.ndarray, starts_s: Optional[np.ndarray] = None, replace: bool = False
     ) -> None:
         """Index a track's local embeddings, (N, dim) in segment order, with optional chunk starts (N,) in seconds."""
-        rows = self._unit_rows(vectors, "vectors")
-        starts = _check_starts(starts_s, len(rows), "starts_s")
+        self.add_many([(track_id, vectors, starts_s)], replace=replace)
+
+    def add_many(
+        self, items: list[tuple[str, np.ndarray, Optional[np.ndarray]]], replace: bool = False
+    ) -> None:
+        """Index several tracks with one hnswlib call (which it spreads over threads): rebuilds and bulk loads.
+
+        All or nothing for duplicates: a track id already indexed (without replace) or given twice adds none.
+        """
+        prepared = []
+        for track_id, vectors, starts_s in items:
+            rows = self._unit_rows(vectors, "vectors")
+            prepared.append((track_id, rows, _check_starts(starts_s, len(rows), "starts_s")))
+        ids = [track_id for track_id, _, _ in prepared]
+        if len(set(ids)) != len(ids):
+            raise DuplicateTrack(f"a track id appears twice in one add_many: {sorted(i for i in ids if ids.count(i) > 1)[0]!r}")
+        if not prepared:
+            return
         with self._lock.write():
-            if track_id in self._tracks:
-                if not replace:
-                    raise DuplicateTrack(f"track {track_id!r} is already indexed; pass replace=True to overwrite it")
+            present = [track_id for track_id in ids if track_id in self._tracks]
+            if present and not replace:
+                raise DuplicateTrack(f"track {present[0]!r} is already indexed; pass replace=True to overwrite it")
+            for track_id in present:
                 self._drop(track_id)
+            rows = np.concatenate([r for _, r, _ in prepared])
             slots = self._take_slots(len(rows))
             self._vectors[slots] = rows
             try:
@@ -189,9 +207,13 @@ class LocalIndex:
             except BaseException:
                 self._give_back(slots)
                 raise
-            self._tracks[track_id] = _Track(slots, starts)
-            for slot in slots.tolist():
-                self._owners[slot] = track_id
+            offset = 0
+            for track_id, track_rows, starts in prepared:
+                track_slots = slots[offset : offset + len(track_rows)]
+                offset += len(track_rows)
+                self._tracks[track_id] = _Track(track_slots, starts)
+                for slot in track_slots.tolist():
+                    self._owners[slot] = track_id
             self._live += len(slots)
 
     def remove(self, track_id: str) -> None:

@@ -142,6 +142,12 @@ class CatalogStore(abc.ABC):
     def put(self, record: TrackRecord, replace: bool = False) -> None:
         """Store the whole track atomically; TrackExists when present and not replace; ValueError when invalid."""
 
+    def put_many(self, records: list[TrackRecord]) -> None:
+        """Store new tracks. Each is stored whole or not at all; a backend may store the batch as one write
+        (SQLite does: one transaction, one fsync, for bulk loads). TrackExists if any is present."""
+        for record in records:
+            self.put(record)
+
     @abc.abstractmethod
     def get(self, track_id: str, with_vectors: bool = False) -> Optional[TrackRecord]:
         """The track, or None. Without vectors, `vectors` is None (starts_s is still read: it is small)."""

@@ -186,6 +186,19 @@ class SQLiteStore(CatalogStore):
                     f"track {record.track_id!r} is already stored; pass replace=True to overwrite it"
                 ) from None
 
+    def put_many(self, records: list[TrackRecord]) -> None:
+        """The whole batch in one transaction: all of it is stored, or none of it."""
+        for record in records:
+            validate_record(record)
+        rows = [_to_row(record) for record in records]
+        with self._write() as conn:
+            try:
+                conn.executemany(INSERT, rows)
+            except sqlite3.IntegrityError as err:
+                if "UNIQUE" not in str(err):
+                    raise
+                raise TrackExists(f"a track of the batch is already stored or given twice ({err})") from None
+
     def delete(self, track_id: str) -> bool:
         with self._write() as conn:
             return conn.execute("DELETE FROM tracks WHERE track_id = ?", (track_id,)).rowcount > 0

@@ -461,3 +461,23 @@ def test_open_store_picks_the_backend(tmp_path, redis_server):
         assert isinstance(store, SQLiteStore)
     with open_store(tmp_path, redis_server.url) as store:
         assert isinstance(store, RedisStore) and store.ping()
+
+
+def test_put_many_stores_a_batch_and_refuses_an_existing_id(store):
+    batch = [make_record(f"bulk-{i}", n=2 + i % 3) for i in range(10)]
+    store.put_many(batch)
+    assert store.count() == 10 and store.vector_count() == sum(r.n_segments for r in batch)
+    assert_same(store.get("bulk-4", with_vectors=True), batch[4])
+    with pytest.raises(TrackExists):
+        store.put_many([make_record("bulk-new-0"), make_record("bulk-3", n=5)])
+    assert store.get("bulk-3").n_segments == batch[3].n_segments  # the stored track is untouched
+
+
+def test_sqlite_put_many_is_one_transaction(tmp_path):
+    from app.store import SQLiteStore
+
+    with SQLiteStore(tmp_path) as store:
+        store.put(make_record("taken"))
+        with pytest.raises(TrackExists):
+            store.put_many([make_record("first"), make_record("taken")])
+        assert store.get("first") is None and store.count() == 1

@@ -387,3 +387,22 @@ def test_vectors_returns_a_copy_in_segment_order():
     assert np.allclose(index.vectors("t"), vectors, atol=1e-6)
     with pytest.raises(UnknownTrack):
         index.vectors("nope")
+
+
+def test_add_many_equals_adding_one_by_one_and_refuses_duplicates():
+    from index.local_index import DuplicateTrack, LocalIndex
+
+    rng = np.random.default_rng(1)
+    tracks = {f"t{i}": rng.standard_normal((3 + i % 4, 32)).astype(np.float32) for i in range(40)}
+    one, many = LocalIndex(32), LocalIndex(32)
+    for track_id, vectors in tracks.items():
+        one.add(track_id, vectors)
+    many.add_many([(track_id, vectors, None) for track_id, vectors in tracks.items()])
+    assert many.vector_count == one.vector_count == sum(len(v) for v in tracks.values())
+    query = tracks["t7"][1:3] + 0.01 * rng.standard_normal((2, 32)).astype(np.float32)
+    assert [m.track_id for m in many.search(query, top_k=5)] == [m.track_id for m in one.search(query, top_k=5)]
+    with pytest.raises(DuplicateTrack):
+        many.add_many([("new", tracks["t1"], None), ("t2", tracks["t2"], None)])
+    assert not many.contains("new")  # nothing of a refused batch is added
+    with pytest.raises(DuplicateTrack):
+        many.add_many([("x", tracks["t1"], None), ("x", tracks["t2"], None)])

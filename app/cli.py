@@ -93,6 +93,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.chroma:
         embedders["2DFTM chroma (no learning)"] = chroma_2dftm
     results = {}
+    for previous in args.include:  # results computed earlier with the same protocol (same cache and seed)
+        results.update(json.loads(previous.read_text()))
     for name, embed in embedders.items():
         print(f"evaluating {name} on {len(recordings)} recordings", file=sys.stderr, flush=True)
         results[name] = evaluate(embed, recordings, args.seed, k_neighbours=args.k, exhaustive=not args.two_stage_only)
@@ -263,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--model", action="append", default=[], help="NAME=PATH of an extractor artifact")
     evaluation.add_argument("--chroma", action="store_true", help="add the no-learning 2DFTM baseline")
     evaluation.add_argument("--out", type=Path, required=True)
+    evaluation.add_argument("--include", type=Path, action="append", default=[],
+                            help="an evaluation.json from an earlier run to add to the report")
     evaluation.add_argument("--k", type=int, default=50, help="HNSW neighbours per query chunk")
     evaluation.add_argument("--two-stage-only", action="store_true")
     evaluation.add_argument("--limit-works", type=int)

@@ -51,7 +51,12 @@ def plan_version(rng: np.random.Generator, original: bool) -> dict:
 
 
 def arrange(midi: pretty_midi.PrettyMIDI, plan: dict, rng: np.random.Generator, max_seconds: float) -> pretty_midi.PrettyMIDI:
-    """A new MIDI with the plan applied and nothing after `max_seconds`."""
+    """A new MIDI with the plan applied, keeping `max_seconds` of the (edited) score before the tempo change.
+
+    Cutting in score time, not in rendered time, keeps the versions of a work on the same music: a cut
+    after the tempo change would give a slow version less of the song than a fast one, and positives
+    that share no music teach a model timbre instead of notes.
+    """
     parts = [(role(inst, i), inst) for i, inst in enumerate(midi.instruments) if inst.notes]
     kept = [(r, inst) for r, inst in parts if r not in plan["drop"]] or parts[:1]
     if plan["add_bass"] and not any(r == "bass" for r, _ in kept):
@@ -63,10 +68,10 @@ def arrange(midi: pretty_midi.PrettyMIDI, plan: dict, rng: np.random.Generator, 
         new = pretty_midi.Instrument(program=0 if inst.is_drum else program, is_drum=inst.is_drum, name=part_role)
         for note in inst.notes:
             for start, end in time_map(note.start, note.end):
-                start, end = start / plan["tempo"], end / plan["tempo"]
                 if start >= max_seconds:
                     continue
                 end = min(max(end, start + MIN_NOTE_SECONDS), max_seconds)
+                start, end = start / plan["tempo"], end / plan["tempo"]
                 pitch = note.pitch if inst.is_drum else note.pitch + plan["transpose"]
                 if 0 <= pitch <= 127 and end - start >= MIN_NOTE_SECONDS / 2:
                     velocity = int(np.clip(note.velocity * plan["velocity"], 1, 127))

@@ -29,6 +29,9 @@ from models.corpus.works import Work
 from models.frontend import FrontEnd
 
 FRONTEND_KEYS = ("sample_rate", "cqt_bins", "cqt_bins_per_octave", "cqt_fmin", "cqt_hop", "cqt_window")
+# bump when a change to works, arrangement or rendering makes old cached versions unlike new ones
+# (2: versions are cut in score time, before the tempo change)
+CORPUS_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -54,12 +57,12 @@ def plan_jobs(works: Iterable[Work], versions_per_work: int, seed: int, max_seco
 
 
 def check_cache_settings(cache: Path, config: ExtractorConfig) -> None:
-    wanted = {key: getattr(config, key) for key in FRONTEND_KEYS}
+    wanted = {"corpus_format": CORPUS_FORMAT, **{key: getattr(config, key) for key in FRONTEND_KEYS}}
     marker = cache / "frontend.json"
     if marker.exists():
         stored = json.loads(marker.read_text())
         if stored != wanted:
-            raise ValueError(f"cache {cache} was built with front end {stored}, not {wanted}; use another --cache")
+            raise ValueError(f"cache {cache} was built with {stored}, not {wanted}; use another --cache")
     else:
         cache.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps(wanted, indent=2))

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 MODEL ?= build/extractor.pt
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench model clean
 
 install: $(VENV)/.installed
 
@@ -29,6 +29,20 @@ test: install
 
 bench: install
 	$(PY) benchmarks/extractor.py
+
+# The whole model cycle on a fresh machine (no cache): render, train the local model and the global
+# baseline side by side (one core each), export, evaluate against the no-learning baseline.
+# Every stage skips work already on disk. About 40 min rendering + TRAIN_MINUTES + 10 min on 2 cores.
+TRAIN_MINUTES ?= 60
+model: install
+	$(PY) -m app.cli corpus --cache cache/corpus
+	$(PY) -m app.cli train --run runs/lal --threads 1 --max-minutes $(TRAIN_MINUTES) > runs-lal.log 2>&1 & \
+	$(PY) -m app.cli train --run runs/global --global-model --threads 1 --max-minutes $(TRAIN_MINUTES) > runs-global.log 2>&1 & \
+	wait
+	$(PY) -m app.cli export --checkpoint runs/lal/checkpoint.pt --output build/lal.pt --version lal-w16
+	$(PY) -m app.cli export --checkpoint runs/global/checkpoint.pt --output build/global.pt --version global-w16
+	$(PY) -m app.cli evaluate --model "ByteCover3 LAL (local)=build/lal.pt" \
+		--model "ByteCover2-style (global)=build/global.pt" --chroma --out build/evaluation
 
 clean:
 	rm -rf build .pytest_cache

@@ -207,6 +207,14 @@ def _cmd_identify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_examples(args: argparse.Namespace) -> int:
+    from models.corpus.examples import write_examples
+
+    for path in write_examples(args.out, args.seconds):
+        print(f"wrote {path} ({path.stat().st_size // 1024} KiB)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coverid", description="Cover song identification on short clips")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -293,6 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
     ident.add_argument("--api-key", help="default: COVERID_API_KEY")
     ident.add_argument("--top-k", type=int, default=5)
     ident.set_defaults(run=_cmd_identify)
+
+    examples = commands.add_parser("examples", help="render the example songs (original and cover of each)")
+    examples.add_argument("--out", type=Path, default=Path("examples"))
+    examples.add_argument("--seconds", type=float, default=45.0)
+    examples.set_defaults(run=_cmd_examples)
 
     demo = commands.add_parser("demo-audio", help="write a synthetic tune to an audio file")
     demo.add_argument("output", type=Path)

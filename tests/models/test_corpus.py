@@ -100,3 +100,19 @@ def test_a_cache_of_an_older_corpus_format_is_refused(tmp_path):
     (tmp_path / "frontend.json").write_text(json.dumps({"sample_rate": 22050}))
     with pytest.raises(ValueError, match="corpus_format"):
         check_cache_settings(tmp_path, ExtractorConfig())
+
+
+def test_examples_are_an_original_and_a_cover_of_each_song(tmp_path):
+    import soundfile as sf
+
+    from models.corpus.examples import EXAMPLE_SEEDS, write_examples
+
+    paths = write_examples(tmp_path, seconds=12.0, clip=(2.0, 6.0))
+    assert len(paths) == 2 * len(EXAMPLE_SEEDS) + 1
+    originals = [p for p in paths if p.name.endswith("original.ogg")]
+    covers = [p for p in paths if p.name.endswith("cover.ogg")]
+    assert len(originals) == len(covers) == len(EXAMPLE_SEEDS)
+    assert sf.info(paths[-1]).duration == pytest.approx(6.0, abs=0.05)
+    a, b = sf.read(originals[0])[0], sf.read(covers[0])[0]
+    assert a.shape != b.shape or not np.allclose(a, b)  # the cover is another rendering
+    assert sum(p.stat().st_size for p in paths) < 5 * 2**20

@@ -15,6 +15,7 @@ import torch
 from app.settings import get_settings
 from models.audio import AudioError
 from models.config import ExtractorConfig
+from models.dataset import BatchPlan
 from models.extractor import ArtifactError, export_extractor, load_extractor
 from models.network import ResNetIBN
 from models.synth import random_tune, render_notes
@@ -56,7 +57,7 @@ def _valid_recordings(cache: Path, limit_works: int | None):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from models.dataset import BatchPlan, FeatureCorpus
+    from models.dataset import FeatureCorpus
     from models.train import TrainConfig, global_config, train, validation_callback
 
     torch.set_num_threads(args.threads)
@@ -66,12 +67,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.csv:  # real recordings: work_id,performance_id,path
         corpus = FeatureCorpus.from_csv(args.csv, config, args.cache)
     else:
-        corpus = FeatureCorpus.from_cache(args.cache, "train", limit_works=args.limit_works)
+        corpus = FeatureCorpus.concat([FeatureCorpus.from_cache(cache, "train", limit_works=args.limit_works)
+                                       for cache in [args.cache, *args.extra_cache]])
     print(f"training on {corpus.summary()} -> {args.run_dir}", file=sys.stderr)
-    plan = BatchPlan(works_per_batch=args.works_per_batch, versions_per_work=args.versions_per_work)
+    plan = BatchPlan(works_per_batch=args.works_per_batch, versions_per_work=args.versions_per_work,
+                     max_transpose_bins=args.transpose_bins)
     train_config = TrainConfig(steps=args.steps, lr=args.lr, seed=args.seed, batch=plan,
                                proxy_length=1 if args.global_model else args.proxy_length,
-                               validate_every=args.validate_every, max_minutes=args.max_minutes)
+                               validate_every=args.validate_every, max_minutes=args.max_minutes,
+                               init_from=str(args.init_from) if args.init_from else None)
     validate = None
     if args.validate_works:
         validate = validation_callback(_valid_recordings(args.cache, args.validate_works), config)
@@ -164,6 +168,7 @@ def _auth_headers(key: str | None) -> dict:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
+SERVICE_URL = os.environ.get("COVERID_URL", "http://127.0.0.1:8000")
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".opus", ".mp3"}
 
 
@@ -242,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("--splits", nargs="+", default=["valid", "train"], choices=["train", "valid"])
     corpus.add_argument("--versions", type=int, default=3, help="rendered versions per training work")
     corpus.add_argument("--pop909-works", type=int, default=909)
-    corpus.add_argument("--procedural", type=int, default=300, help="invented works added to training")
+    corpus.add_argument("--procedural", type=int, default=1000, help="invented works added to training")
     corpus.add_argument("--seconds", type=float, default=75.0, help="cap on a version's rendered length")
     corpus.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     corpus.add_argument("--seed", type=int, default=0)
@@ -250,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     trainer = commands.add_parser("train", help="train with the local alignment loss on the cached corpus")
     trainer.add_argument("--cache", type=Path, default=Path("cache/corpus"))
+    trainer.add_argument("--extra-cache", type=Path, action="append", default=[],
+                         help="another corpus cache whose train split is added (repeatable)")
+    trainer.add_argument("--init-from", type=Path, help="fine-tune: start the network from this checkpoint")
     trainer.add_argument("--run", dest="run_dir", type=Path, required=True, help="run directory (resumed if it has a checkpoint)")
     trainer.add_argument("--csv", type=Path, help="train on real audio listed as work_id,performance_id,path")
     trainer.add_argument("--steps", type=int, default=1200)
@@ -259,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     trainer.add_argument("--proxy-length", type=int, default=4)
     trainer.add_argument("--works-per-batch", type=int, default=16)
     trainer.add_argument("--versions-per-work", type=int, default=4)
+    trainer.add_argument("--transpose-bins", type=int, default=BatchPlan.max_transpose_bins,
+                         help="augmentation: random transposition of up to this many CQT bins (semitones)")
     trainer.add_argument("--global-model", action="store_true", help="ByteCover2-style baseline: one GeM per track")
     trainer.add_argument("--limit-works", type=int)
     trainer.add_argument("--validate-works", type=int, default=60, help="validation pieces for the log (0: none)")
@@ -289,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = commands.add_parser("ingest", help="catalogue every audio file under a folder through the service")
     ingest.add_argument("folder", type=Path)
-    ingest.add_argument("--url", default="http://127.0.0.1:8000")
+    ingest.add_argument("--url", default=SERVICE_URL, help="default: COVERID_URL or %(default)s")
     ingest.add_argument("--api-key", help="default: COVERID_API_KEY")
     ingest.add_argument("--ids-from-names", action="store_true", help="track_id = file name without extension")
     ingest.add_argument("--replace", action="store_true")
@@ -297,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ident = commands.add_parser("identify", help="ask the service which catalogue tracks a clip covers")
     ident.add_argument("file", type=Path)
-    ident.add_argument("--url", default="http://127.0.0.1:8000")
+    ident.add_argument("--url", default=SERVICE_URL, help="default: COVERID_URL or %(default)s")
     ident.add_argument("--api-key", help="default: COVERID_API_KEY")
     ident.add_argument("--top-k", type=int, default=5)
     ident.set_defaults(run=_cmd_identify)

@@ -296,19 +296,33 @@ class LocalIndex:
         query: np.ndarray,
         top_k: int = 10,
         query_starts_s: Optional[np.ndarray] = None,
-        block_tracks: int = 2048,
+        block_tracks: int = 16384,
     ) -> list[Match]:
-        """All-pairs MaxMean against every track, block_tracks at a time to bound memory; best first."""
+        """All-pairs MaxMean against every track; best first.
+
+        One matrix product per block of tracks against their stored vectors, then MaxMean with
+        the shorter side first (as `index.maxmean`): for a track at least as long as the query,
+        the max over its slots per query chunk (`np.maximum.reduceat`), meaned over the query;
+        for a shorter track, the max over the query per slot, meaned over its slots. The
+        alignment is then read for the top_k only. block_tracks bounds memory.
+        """
         rows = self._unit_rows(query, "query")
         starts = _check_starts(query_starts_s, len(rows), "query_starts_s")
         _check_positive(top_k=top_k, block_tracks=block_tracks)
         with self._lock.read():
             track_ids = list(self._tracks)
-            best: list[Match] = []
+            scores = np.empty(len(track_ids), dtype=np.float32)
             for first in range(0, len(track_ids), block_tracks):
-                block = self._best(rows, starts, track_ids[first : first + block_tracks], top_k)
-                best = _ranked(best + block)[:top_k]
-            return best
+                block = [self._tracks[t].slots for t in track_ids[first : first + block_tracks]]
+                slots = np.concatenate(block)
+                lengths = np.asarray([len(b) for b in block])
+                offsets = np.concatenate([[0], np.cumsum(lengths[:-1])])
+                table = rows @ self._vectors[slots].T  # (M, slots of the block)
+                query_first = np.maximum.reduceat(table, offsets, axis=1).mean(axis=0)
+                track_first = np.add.reduceat(table.max(axis=0), offsets) / lengths
+                scores[first : first + len(block)] = np.where(lengths >= len(rows), query_first, track_first)
+            order = sorted(range(len(track_ids)), key=lambda i: (-scores[i], track_ids[i]))[:top_k]
+            return self._best(rows, starts, [track_ids[i] for i in order], top_k)
 
     def _best(
         self, rows: np.ndarray, query_starts: Optional[np.ndarray], track_ids: list[str], top_k: int

@@ -39,6 +39,14 @@ class FeatureCorpus:
         return {"works": len(self.work_ids), "versions": self.version_count}
 
     @classmethod
+    def concat(cls, corpora: list["FeatureCorpus"]) -> "FeatureCorpus":
+        """Several corpora as one (e.g. two caches); a work id found twice is refused, not merged."""
+        work_ids = [w for c in corpora for w in c.work_ids]
+        if len(set(work_ids)) != len(work_ids):
+            raise ValueError("the corpora share work ids; a work must live in one cache")
+        return cls(work_ids, [v for c in corpora for v in c.versions])
+
+    @classmethod
     def from_cache(cls, cache: Path, split: str, limit_works: Optional[int] = None, min_versions: int = 1) -> "FeatureCorpus":
         work_ids, versions = [], []
         for folder in sorted((cache / split).iterdir()):
@@ -77,7 +85,7 @@ class BatchPlan:
     versions_per_work: int = 4  # K
     min_crop_seconds: float = 6.0
     max_crop_seconds: float = 60.0
-    max_transpose_bins: int = 2
+    max_transpose_bins: int = 6  # up to a tritone either way: every key is reachable
     stretch: tuple[float, float] = (0.85, 1.18)
     freq_mask_bins: int = 6
     time_mask_fraction: float = 0.1

@@ -119,9 +119,13 @@ class ResNetIBN(nn.Module):
         """(N, 1, F, T) -> (N, C) GeM-pooled features, the input of the PCA-FC layer."""
         return self.pool(self.feature_map(x))
 
+    def head(self, pooled: Tensor) -> Tensor:
+        """(N, C) pooled features -> (N, embedding_dim): PCA-FC, BNNeck, L2 normalisation."""
+        return F.normalize(self.neck(self.reduction(pooled)), dim=-1)
+
     def forward(self, x: Tensor) -> Tensor:
         """(N, 1, F, T) -> (N, embedding_dim), L2-normalised."""
-        return F.normalize(self.neck(self.reduction(self.pooled(x))), dim=-1)
+        return self.head(self.pooled(x))
 
 
 @torch.no_grad()

@@ -42,6 +42,7 @@ class TrainConfig:
     validate_every: int = 200
     device: str = "auto"
     max_minutes: Optional[float] = None  # wall-clock budget: stop early (checkpointed, validated) when spent
+    init_from: Optional[str] = None  # start the network (not the proxies: other works) from this checkpoint
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -57,13 +58,18 @@ def global_config(config: ExtractorConfig) -> ExtractorConfig:
 
 
 def embed_batch(network: ResNetIBN, batch: Batch, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Network over every chunk group, regrouped per sample: (B, N_max, C) and mask (B, N_max)."""
-    per_sample: dict[int, Tensor] = {}
-    for chunks, owners in zip(batch.chunks, batch.owners):
-        vectors = network(chunks.to(device))
-        for owner in owners.unique().tolist():
-            per_sample[owner] = vectors[owners.to(device) == owner]
-    return pad_sequences([per_sample[i] for i in range(len(per_sample))])
+    """Network over every chunk group, regrouped per sample: (B, N_max, C) and mask (B, N_max).
+
+    Chunks of different lengths run as separate groups through the convolutions,
+    but the head (PCA-FC + BNNeck) sees them all at once: its batch statistics
+    then come from the whole batch, and a group of one chunk (every sample of
+    the global model) cannot reach BatchNorm alone.
+    """
+    pooled = torch.cat([network.pooled(chunks.to(device)) for chunks in batch.chunks])
+    vectors = network.head(pooled)
+    owners = torch.cat(list(batch.owners)).to(device)
+    samples = int(owners.max().item()) + 1
+    return pad_sequences([vectors[owners == owner] for owner in range(samples)])
 
 
 def train(
@@ -85,8 +91,10 @@ def train(
     loss_fn = LocalAlignmentLoss(len(corpus.work_ids), model_config.embedding_dim, train_config.proxy_length,
                                  train_config.margin).to(device)
     optimiser = torch.optim.Adam([*network.parameters(), *loss_fn.parameters()], lr=train_config.lr)
-    step = _resume(run_dir / CHECKPOINT, network, loss_fn, optimiser, sampler)
-    if step == 0:
+    step = _resume(run_dir / CHECKPOINT, network, loss_fn, optimiser, sampler, model_config)
+    if step == 0 and train_config.init_from:
+        _initialise_from(Path(train_config.init_from), network, model_config)
+    elif step == 0:
         _pca_initialise(network, sampler, device)
     log = open(run_dir / "log.jsonl", "a")
     started = time.monotonic()
@@ -131,6 +139,15 @@ def _pca_initialise(network: ResNetIBN, sampler: BatchSampler, device: torch.dev
     init_reduction_from_pca(network.reduction, torch.cat(pooled))
 
 
+def _initialise_from(path: Path, network: ResNetIBN, model_config: ExtractorConfig) -> None:
+    """Fine-tuning: the network weights of an earlier run, whose model settings must be these."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    stored = ExtractorConfig.from_dict(state["model_config"])
+    if stored != model_config:
+        raise ValueError(f"{path} was trained with other model settings: {stored} (asked: {model_config})")
+    network.load_state_dict(state["network"])
+
+
 def _save(path: Path, step: int, network, loss_fn, optimiser, sampler, model_config, train_config, corpus) -> None:
     state = {
         "step": step,
@@ -148,10 +165,16 @@ def _save(path: Path, step: int, network, loss_fn, optimiser, sampler, model_con
     os.replace(tmp, path)
 
 
-def _resume(path: Path, network, loss_fn, optimiser, sampler) -> int:
+def _resume(path: Path, network, loss_fn, optimiser, sampler, model_config: ExtractorConfig) -> int:
+    """Continue from `path` when it exists. The training settings may change between runs (more steps,
+    other augmentation: fine-tuning); the model settings may not, since the weights depend on them."""
     if not path.exists():
         return 0
     state = torch.load(path, map_location="cpu", weights_only=False)
+    stored = ExtractorConfig.from_dict(state["model_config"])
+    if stored != model_config:
+        raise ValueError(f"{path} was trained with other model settings: {stored} (asked: {model_config}); "
+                         "use a new run directory")
     network.load_state_dict(state["network"])
     loss_fn.load_state_dict(state["loss"])
     optimiser.load_state_dict(state["optimiser"])

@@ -9,42 +9,58 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pretty_midi
 import soundfile as sf
 
 from models.corpus import procedural
 from models.corpus.arrange import arrange, plan_version
 from models.corpus.render import apply_chain, available_soundfonts, plan_chain, synthesise
 
-EXAMPLE_SEEDS = (101, 202, 303)
+EXAMPLE_SEEDS = (10**9 + 1, 10**9 + 2, 10**9 + 3)  # outside every training range: procedural_works draws seed * 1_000_003 + i
 SAMPLE_RATE = 22050
 
 
-def render_example(seed: int, cover: bool, seconds: float, work_dir: str) -> np.ndarray:
-    """The original (as written, piano-like, clean) or a cover (other key, tempo, instruments, room)."""
-    rng = np.random.default_rng([seed, int(cover)])
+def render_rendition(midi: pretty_midi.PrettyMIDI, cover: bool, rng: np.random.Generator, seconds: float,
+                     work_dir: str, **plan_overrides) -> tuple[np.ndarray, dict]:
+    """The original (as written, piano soundfont, clean) or a cover (other key, tempo, instruments, room).
+
+    A cover keeps the melody and the whole structure, so it stays recognisable; `plan_overrides`
+    fix any edit (e.g. `tempo=0.9`, `transpose=0`) for callers that need to know where the music is.
+    Returns the audio at SAMPLE_RATE and the plan it was rendered with.
+    """
     plan = plan_version(rng, original=not cover)
-    if cover:  # a clearly different but recognisable version: whole melody kept
+    if cover:
         plan.update(drop=[d for d in plan["drop"] if d != "melody"], skip_segment=None, start_offset=0.0)
+        plan.update(plan_overrides)
     fonts = available_soundfonts()
     font = fonts["fluidr3"] if not cover and "fluidr3" in fonts else fonts[sorted(fonts)[-1]]
-    midi = arrange(procedural.generate(seed), plan, rng, seconds)
-    audio = synthesise(midi, font, SAMPLE_RATE, reverb=cover, work_dir=work_dir)
-    return apply_chain(audio, SAMPLE_RATE, plan_chain(rng, clean=not cover), rng)
+    audio = synthesise(arrange(midi, plan, rng, seconds), font, SAMPLE_RATE, reverb=cover, work_dir=work_dir)
+    return apply_chain(audio, SAMPLE_RATE, plan_chain(rng, clean=not cover), rng), plan
+
+
+def render_example(seed: int, cover: bool, seconds: float, work_dir: str) -> np.ndarray:
+    """One rendering of the invented song `seed`."""
+    rng = np.random.default_rng([seed, int(cover)])
+    return render_rendition(procedural.generate(seed), cover, rng, seconds, work_dir)[0]
 
 
 def write_examples(out: Path, seconds: float = 45.0, clip: tuple[float, float] = (12.0, 20.0)) -> list[Path]:
-    """song-N-original.ogg, song-N-cover.ogg for each seed, and a clip of the last cover."""
-    out.mkdir(parents=True, exist_ok=True)
+    """originals/song-N.ogg and covers/song-N.ogg for each seed, and clips/: a clip of the last cover.
+
+    The folders match the first-five-minutes commands: catalogue `originals/`,
+    identify the clip of a cover.
+    """
     written = []
     for number, seed in enumerate(EXAMPLE_SEEDS, 1):
-        for kind in ("original", "cover"):
-            audio = render_example(seed, kind == "cover", seconds, str(out))
-            path = out / f"song-{number}-{kind}.ogg"
-            sf.write(path, audio, SAMPLE_RATE, format="OGG", subtype="VORBIS")
+        for folder, cover in (("originals", False), ("covers", True)):
+            path = out / folder / f"song-{number}.ogg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(path, render_example(seed, cover, seconds, str(out)), SAMPLE_RATE, format="OGG", subtype="VORBIS")
             written.append(path)
     start, length = clip
     cover = sf.read(written[-1], dtype="float32")[0]
-    path = out / f"clip-song-{len(EXAMPLE_SEEDS)}-cover-{length:g}s.ogg"
+    path = out / "clips" / f"song-{len(EXAMPLE_SEEDS)}-cover-{length:g}s-from-{start:g}s.ogg"
+    path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, cover[int(start * SAMPLE_RATE) : int((start + length) * SAMPLE_RATE)], SAMPLE_RATE,
              format="OGG", subtype="VORBIS")
     return [*written, path]

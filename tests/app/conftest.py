@@ -140,3 +140,19 @@ class ServiceProcess:
     def restart(self, kill: bool = False) -> None:
         self.stop(kill=kill)
         self.start()
+
+
+def running_service(request, tmp_path: Path, model_path: Path, env: dict[str, str]):
+    """Generator body of a service fixture parametrised by store ("sqlite" or "redis"):
+    starts the server on a fresh data dir (and a fresh Redis database), yields it, cleans up."""
+    env = {"COVERID_MODEL_PATH": str(model_path), "COVERID_DEVICE": "cpu",
+           "COVERID_DATA_DIR": str(tmp_path / "data"), **env}
+    if request.param == "redis":
+        server = request.getfixturevalue("redis_server")
+        env["COVERID_REDIS_URL"] = server.url.replace("/0", f"/{1 + hash(tmp_path) % 14}")
+    process = ServiceProcess(env, tmp_path / "service.log")
+    process.start()
+    yield process
+    process.stop()
+    if request.param == "redis":
+        redis.Redis.from_url(env["COVERID_REDIS_URL"]).flushdb()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.app.conftest import ServiceProcess
+from tests.app.conftest import running_service
 from tests.conftest import SAMPLE_RATE, tune
 
 KEY = "test-key-123"
@@ -33,25 +33,12 @@ def tracks() -> dict[str, bytes]:
 @pytest.fixture(params=["sqlite", "redis"])
 def service(request, tmp_path, narrow_artifact):
     env = {
-        "COVERID_MODEL_PATH": str(narrow_artifact[0]),
-        "COVERID_DEVICE": "cpu",
-        "COVERID_DATA_DIR": str(tmp_path / "data"),
         "COVERID_API_KEYS": json.dumps([KEY]),
         "COVERID_MAX_UPLOAD_BYTES": str(3 * 2**20),
         "COVERID_MAX_CLIP_SECONDS": "70",
         "COVERID_MAX_TRACK_SECONDS": "120",
     }
-    if request.param == "redis":
-        server = request.getfixturevalue("redis_server")
-        env["COVERID_REDIS_URL"] = server.url.replace("/0", f"/{1 + hash(tmp_path) % 14}")
-    process = ServiceProcess(env, tmp_path / "service.log")
-    process.start()
-    yield process
-    process.stop()
-    if request.param == "redis":
-        import redis
-
-        redis.Redis.from_url(env["COVERID_REDIS_URL"]).flushdb()
+    yield from running_service(request, tmp_path, narrow_artifact[0], env)
 
 
 def add(client: httpx.Client, data: bytes, **fields) -> httpx.Response:

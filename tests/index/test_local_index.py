@@ -5,6 +5,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import torch
 
 from index.local_index import (
     DuplicateTrack,
@@ -14,6 +15,7 @@ from index.local_index import (
     UnknownTrack,
     read_header,
 )
+from index.maxmean import maxmean
 from index.rwlock import RWLock
 
 DIM = 32
@@ -406,3 +408,23 @@ def test_add_many_equals_adding_one_by_one_and_refuses_duplicates():
     assert not many.contains("new")  # nothing of a refused batch is added
     with pytest.raises(DuplicateTrack):
         many.add_many([("x", tracks["t1"], None), ("x", tracks["t2"], None)])
+
+
+def test_exhaustive_search_ranks_every_track_like_a_plain_loop():
+    rng = np.random.default_rng(5)
+    tracks = random_tracks(rng, 60)
+    index = build(tracks, initial_capacity=64)
+    for gone in list(tracks)[:10]:  # freed slots, then reused by new tracks: slots no longer in track order
+        index.remove(gone)
+        del tracks[gone]
+    extra = random_tracks(np.random.default_rng(6), 8, prefix="new-")
+    for track_id, rows in extra.items():
+        index.add(track_id, rows)
+    tracks.update(extra)
+    query = query_from(rng, tracks["new-3"])
+    expected = sorted(((float(maxmean(torch.from_numpy(query), torch.from_numpy(rows)[None])[0]), track_id)
+                       for track_id, rows in tracks.items()), key=lambda p: (-p[0], p[1]))[:12]
+    for block in (1, 7, 16384):
+        found = index.search_exhaustive(query, top_k=12, block_tracks=block)
+        assert [m.track_id for m in found] == [t for _, t in expected]
+        assert [m.score for m in found] == pytest.approx([s for s, _ in expected], abs=1e-5)

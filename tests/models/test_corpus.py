@@ -109,9 +109,10 @@ def test_examples_are_an_original_and_a_cover_of_each_song(tmp_path):
 
     paths = write_examples(tmp_path, seconds=12.0, clip=(2.0, 6.0))
     assert len(paths) == 2 * len(EXAMPLE_SEEDS) + 1
-    originals = [p for p in paths if p.name.endswith("original.ogg")]
-    covers = [p for p in paths if p.name.endswith("cover.ogg")]
+    originals = [p for p in paths if p.parent.name == "originals"]
+    covers = [p for p in paths if p.parent.name == "covers"]
     assert len(originals) == len(covers) == len(EXAMPLE_SEEDS)
+    assert [p.name for p in originals] == [p.name for p in covers]  # same name, same song
     assert sf.info(paths[-1]).duration == pytest.approx(6.0, abs=0.05)
     a, b = sf.read(originals[0])[0], sf.read(covers[0])[0]
     assert a.shape != b.shape or not np.allclose(a, b)  # the cover is another rendering

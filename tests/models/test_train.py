@@ -90,3 +90,53 @@ def test_real_recordings_load_from_a_csv_and_are_cached(tmp_path):
     assert len(cached) == 4
     (tmp_path / "audio" / "w0-t0.flac").unlink()  # a second load reads the cache, not the audio
     assert FeatureCorpus.from_csv(table, TINY, tmp_path / "cache").summary()["versions"] == 4
+
+
+def test_embed_batch_runs_groups_of_one_chunk_in_training_mode():
+    """The global model gives every sample one chunk of its own length: each group is one chunk."""
+    from models.dataset import Batch
+    from models.network import ResNetIBN
+    from models.train import embed_batch
+
+    torch.manual_seed(0)
+    network = ResNetIBN(width=8)
+    chunks = [torch.randn(1, 1, 84, 30), torch.randn(2, 1, 84, 41), torch.randn(1, 1, 84, 52)]
+    owners = [torch.tensor([0]), torch.tensor([1, 1]), torch.tensor([2])]
+    batch = Batch(chunks, owners, torch.tensor([0, 1, 2]))
+    network.train()
+    embeddings, mask = embed_batch(network, batch, torch.device("cpu"))
+    assert embeddings.shape == (3, 2, 512)
+    assert mask.tolist() == [[True, False], [True, True], [True, False]]
+    network.eval()  # running statistics: grouping no longer matters, so compare with plain calls
+    embeddings, _ = embed_batch(network, batch, torch.device("cpu"))
+    with torch.no_grad():
+        assert torch.allclose(embeddings[0, :1], network(chunks[0]), atol=1e-5)
+        assert torch.allclose(embeddings[1], network(chunks[1]), atol=1e-5)
+        assert torch.allclose(embeddings[2, :1], network(chunks[2]), atol=1e-5)
+
+
+def test_fine_tuning_starts_from_the_network_of_another_run(tiny_corpus, tmp_path):
+    train(tiny_corpus, TINY, TrainConfig(steps=2, batch=PLAN), tmp_path / "first")
+    source, _, _ = load_checkpoint(tmp_path / "first" / "checkpoint.pt")
+    frozen = TrainConfig(steps=1, lr=0.0, batch=PLAN, init_from=str(tmp_path / "first" / "checkpoint.pt"))
+    train(tiny_corpus, TINY, frozen, tmp_path / "tuned")  # lr 0: the weights stay those it started from
+    tuned, _, _ = load_checkpoint(tmp_path / "tuned" / "checkpoint.pt")
+    for (name, x), (_, y) in zip(source.state_dict().items(), tuned.state_dict().items()):
+        if not name.endswith(("running_mean", "running_var", "num_batches_tracked")):  # BN statistics still move
+            assert torch.equal(x, y), name
+    other = ExtractorConfig(width=8, time_pool=100)
+    with pytest.raises(ValueError, match="other model settings"):
+        train(tiny_corpus, other, frozen, tmp_path / "mismatch")
+    with pytest.raises(ValueError, match="other model settings"):  # resuming a run with other settings
+        train(tiny_corpus, other, TrainConfig(steps=3, batch=PLAN), tmp_path / "first")
+
+
+def test_corpora_concatenate_but_never_share_a_work(tiny_corpus):
+    from models.dataset import FeatureCorpus
+
+    half = len(tiny_corpus.work_ids) // 2
+    a = FeatureCorpus(tiny_corpus.work_ids[:half], tiny_corpus.versions[:half])
+    b = FeatureCorpus(tiny_corpus.work_ids[half:], tiny_corpus.versions[half:])
+    assert FeatureCorpus.concat([a, b]).summary() == tiny_corpus.summary()
+    with pytest.raises(ValueError, match="share work ids"):
+        FeatureCorpus.concat([a, a])

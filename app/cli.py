@@ -44,13 +44,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _valid_recordings(cache: Path, limit_works: int | None):
+def _valid_recordings(cache: Path, limit_works: int | None, data: Path):
+    """The cached validation versions, each labelled with its piece (see asap_piece_ids)."""
+    from models.corpus.works import asap_piece_ids
     from models.dataset import FeatureCorpus
     from models.evaluation import Recording
 
+    metadata = data / "asap" / "metadata.csv"
+    pieces = asap_piece_ids(data / "asap") if metadata.exists() else {}
     corpus = FeatureCorpus.from_cache(cache, "valid", limit_works=limit_works)
     return [
-        Recording(f"{work}/v{i:02d}", work, torch.from_numpy(spec))
+        Recording(f"{work}/v{i:02d}", pieces.get(work, work), torch.from_numpy(spec))
         for work, versions in zip(corpus.work_ids, corpus.versions)
         for i, spec in enumerate(versions)
     ]
@@ -78,7 +82,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                init_from=str(args.init_from) if args.init_from else None)
     validate = None
     if args.validate_works:
-        validate = validation_callback(_valid_recordings(args.cache, args.validate_works), config)
+        validate = validation_callback(_valid_recordings(args.cache, args.validate_works, args.data), config)
     train(corpus, config, train_config, args.run_dir, validate, report=lambda r: print(json.dumps(r), file=sys.stderr, flush=True))
     return 0
 
@@ -89,7 +93,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from models.train import artifact_embedder
 
     torch.set_num_threads(args.threads)
-    recordings = _valid_recordings(args.cache, args.limit_works)
+    recordings = _valid_recordings(args.cache, args.limit_works, args.data)
     embedders = {}
     for spec in args.model:
         name, _, path = spec.partition("=")
@@ -168,6 +172,7 @@ def _auth_headers(key: str | None) -> dict:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
+DATA = Path("../shared/data")
 SERVICE_URL = os.environ.get("COVERID_URL", "http://127.0.0.1:8000")
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".opus", ".mp3"}
 
@@ -242,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.set_defaults(run=_cmd_embed)
 
     corpus = commands.add_parser("corpus", help="render MIDI works into versions and cache their CQT features")
-    corpus.add_argument("--data", type=Path, default=Path("../shared/data"), help="folder holding pop909/ and asap/")
+    corpus.add_argument("--data", type=Path, default=DATA, help="folder holding pop909/ and asap/")
     corpus.add_argument("--cache", type=Path, default=Path("cache/corpus"))
     corpus.add_argument("--splits", nargs="+", default=["valid", "train"], choices=["train", "valid"])
     corpus.add_argument("--versions", type=int, default=3, help="rendered versions per training work")
@@ -255,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     trainer = commands.add_parser("train", help="train with the local alignment loss on the cached corpus")
     trainer.add_argument("--cache", type=Path, default=Path("cache/corpus"))
+    trainer.add_argument("--data", type=Path, default=DATA, help="folder holding asap/ (its metadata names the pieces)")
     trainer.add_argument("--extra-cache", type=Path, action="append", default=[],
                          help="another corpus cache whose train split is added (repeatable)")
     trainer.add_argument("--init-from", type=Path, help="fine-tune: start the network from this checkpoint")
@@ -280,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluation = commands.add_parser("evaluate", help="the paper's protocol on the validation split")
     evaluation.add_argument("--cache", type=Path, default=Path("cache/corpus"))
+    evaluation.add_argument("--data", type=Path, default=DATA, help="folder holding asap/ (its metadata names the pieces)")
     evaluation.add_argument("--model", action="append", default=[], help="NAME=PATH of an extractor artifact")
     evaluation.add_argument("--chroma", action="store_true", help="add the no-learning 2DFTM baseline")
     evaluation.add_argument("--out", type=Path, required=True)

@@ -38,3 +38,17 @@ def asap_works(root: Path) -> list[Work]:
         Work("asap-" + folder.replace("/", "-"), "valid", "asap", tuple(sorted(paths)))
         for folder, paths in sorted(by_piece.items())
     ]
+
+
+def asap_piece_ids(root: Path) -> dict[str, str]:
+    """Work id of each ASAP folder -> id of its piece (composer and title).
+
+    Rendering goes by folder, but some pieces span folders (`Piano_Sonatas/17-1` and
+    `17-1_no_repeat` are one sonata movement played with and without repeats): scoring
+    must count those performances as versions of one work, giving ASAP's 222 pieces.
+    """
+    pieces = {}
+    with open(root / "metadata.csv", newline="") as handle:
+        for row in csv.DictReader(handle):
+            pieces["asap-" + row["folder"].replace("/", "-")] = f"asap-{row['composer']}-{row['title']}"
+    return pieces

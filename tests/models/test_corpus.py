@@ -117,3 +117,13 @@ def test_examples_are_an_original_and_a_cover_of_each_song(tmp_path):
     a, b = sf.read(originals[0])[0], sf.read(covers[0])[0]
     assert a.shape != b.shape or not np.allclose(a, b)  # the cover is another rendering
     assert sum(p.stat().st_size for p in paths) < 5 * 2**20
+
+
+def test_asap_folders_of_one_piece_score_as_one_work(shared_data):
+    from models.corpus.works import asap_piece_ids, asap_works
+
+    pieces = asap_piece_ids(shared_data / "asap")
+    assert {work.work_id for work in asap_works(shared_data / "asap")} == set(pieces)
+    assert len(set(pieces.values())) == 222  # ASAP's pieces; its 235 folders include repeat variants
+    assert pieces["asap-Beethoven-Piano_Sonatas-17-1"] == pieces["asap-Beethoven-Piano_Sonatas-17-1_no_repeat"]
+    assert pieces["asap-Beethoven-Piano_Sonatas-17-1"] != pieces["asap-Beethoven-Piano_Sonatas-18-2"]

@@ -16,6 +16,7 @@ from app.settings import get_settings
 from models.audio import AudioError
 from models.config import ExtractorConfig
 from models.dataset import BatchPlan
+from models.evaluation import QUERY_SECONDS
 from models.extractor import ArtifactError, export_extractor, load_extractor
 from models.network import ResNetIBN
 from models.synth import random_tune, render_notes
@@ -104,8 +105,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for previous in args.include:  # results computed earlier with the same protocol (same cache and seed)
         results.update(json.loads(previous.read_text()))
     for name, embed in embedders.items():
+        if args.query_shift:
+            name = f"{name}, queries {args.query_shift:+d} semitones"
         print(f"evaluating {name} on {len(recordings)} recordings", file=sys.stderr, flush=True)
-        results[name] = evaluate(embed, recordings, args.seed, k_neighbours=args.k, exhaustive=not args.two_stage_only)
+        results[name] = evaluate(embed, recordings, args.seed, k_neighbours=args.k, exhaustive=not args.two_stage_only,
+                                 lengths=args.lengths, query_shift=args.query_shift)
     written = write_report(results, args.out)
     print(Path(written["markdown"]).read_text())
     return 0
@@ -294,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
                             help="an evaluation.json from an earlier run to add to the report")
     evaluation.add_argument("--k", type=int, default=50, help="HNSW neighbours per query chunk")
     evaluation.add_argument("--two-stage-only", action="store_true")
+    evaluation.add_argument("--lengths", type=float, nargs="+", default=list(QUERY_SECONDS),
+                            help="clip lengths in seconds (the full track is always a query)")
+    evaluation.add_argument("--query-shift", type=int, default=0,
+                            help="transpose every query by this many semitones (tests key invariance)")
     evaluation.add_argument("--limit-works", type=int)
     evaluation.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     evaluation.add_argument("--seed", type=int, default=0)

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from models.audio import decode_audio
 from models.config import ExtractorConfig
-from models.frontend import FrontEnd
+from models.frontend import FrontEnd, shift_bins
 
 
 @dataclass
@@ -146,11 +146,7 @@ class BatchSampler:
 
     def _augment(self, spec: Tensor) -> Tensor:
         plan, rng = self.plan, self.rng
-        shift = int(rng.integers(-plan.max_transpose_bins, plan.max_transpose_bins + 1))
-        if shift > 0:  # transposition: move bins up or down, filling with silence rather than wrapping
-            spec = F.pad(spec[:-shift], (0, 0, shift, 0))
-        elif shift < 0:
-            spec = F.pad(spec[-shift:], (0, 0, 0, -shift))
+        spec = shift_bins(spec, int(rng.integers(-plan.max_transpose_bins, plan.max_transpose_bins + 1)))
         factor = float(rng.uniform(*plan.stretch))
         frames = max(2, int(spec.shape[1] * factor))
         spec = F.interpolate(spec[None], size=frames, mode="linear", align_corners=False)[0]

@@ -34,6 +34,7 @@ from sklearn.metrics import average_precision_score
 from torch import Tensor
 
 from models.config import ExtractorConfig
+from models.frontend import shift_bins
 
 QUERY_SECONDS = (6, 10, 15, 20, 25, 30, 40, 50, 60)
 FULL = "full"
@@ -195,8 +196,12 @@ def evaluate(
     index_factory: Optional[IndexFactory] = None,
     frame_seconds: Optional[float] = None,
     lengths: Sequence[float] = QUERY_SECONDS,
+    query_shift: int = 0,
 ) -> dict:
     """Run the protocol with `embed` ((bins, frames) -> (N, D); a global model returns N = 1).
+
+    `query_shift` transposes every query (not the database) by that many CQT bins (semitones),
+    which tests key invariance: ASAP's performances are all in the key of the score.
 
     Returns {"two_stage": {length: {"mAP", "MR1", "queries"}}, "exhaustive": {...}, "protocol": {...}}.
 
@@ -231,7 +236,10 @@ def evaluate(
         if not relevant.any():
             without_relevant += 1
             continue
-        vectors = full[query.recording_id] if query.length == FULL else _embed(embed, query.spectrogram)
+        if query.length == FULL and not query_shift:
+            vectors = full[query.recording_id]
+        else:
+            vectors = _embed(embed, shift_bins(query.spectrogram, query_shift))
         for method in methods:
             if method == "two_stage":
                 matches = index.search(vectors, top_k=len(ids), k_neighbours=k_neighbours)
@@ -250,6 +258,7 @@ def evaluate(
         "works": len(set(works.tolist())),
         "skipped_clips": skipped_clips(recordings, frame_seconds),
         "without_relevant": without_relevant,
+        "query_shift": query_shift,
     }
     return results
 

@@ -46,6 +46,19 @@ def chunk_starts(n_frames: int, chunk_frames: int, hop_frames: float) -> List[in
     return starts
 
 
+def shift_bins(spectrogram: Tensor, bins: int) -> Tensor:
+    """(bins, frames) moved `bins` up (positive) or down the frequency axis, the emptied rows silent.
+
+    With 12 bins per octave one bin is a semitone: this is a transposition, used to augment
+    training and to test key invariance. Rows are not wrapped: top notes do not reappear at the bottom.
+    """
+    if bins > 0:
+        return torch.cat([spectrogram.new_zeros(bins, spectrogram.shape[1]), spectrogram[:-bins]])
+    if bins < 0:
+        return torch.cat([spectrogram[-bins:], spectrogram.new_zeros(-bins, spectrogram.shape[1])])
+    return spectrogram
+
+
 def pool_time(chunks: Tensor, factor: int) -> Tensor:
     """Average-pool (N, bins, frames) by `factor` along time; a remainder under `factor` is dropped,
     except that a chunk shorter than `factor` frames becomes one frame (its mean)."""

@@ -294,3 +294,22 @@ def test_write_report_writes_json_markdown_and_plot(tmp_path, good_results, rand
     assert rows[-1].endswith("| – |")  # the random model has no exhaustive run
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert paths["plot"].stat().st_size > 5000
+
+
+def test_shift_bins_transposes_without_wrapping():
+    from models.frontend import shift_bins
+
+    spec = torch.arange(12.0).reshape(6, 2)
+    assert shift_bins(spec, 2).tolist() == [[0, 0], [0, 0], [0, 1], [2, 3], [4, 5], [6, 7]]
+    assert shift_bins(spec, -1).tolist() == [[2, 3], [4, 5], [6, 7], [8, 9], [10, 11], [0, 0]]
+    assert torch.equal(shift_bins(spec, 0), spec)
+
+
+def test_transposed_queries_cost_a_key_dependent_embedding_its_matches(recordings, good_results):
+    shifted = evaluate(mean_spectrum_embed, recordings, seed=0, index_factory=fake_factory, exhaustive=False,
+                       query_shift=5)
+    assert shifted["protocol"]["query_shift"] == 5
+    assert shifted["two_stage"]["full"]["mAP"] < good_results["two_stage"]["full"]["mAP"]
+    unshifted = evaluate(mean_spectrum_embed, recordings, seed=0, index_factory=fake_factory, exhaustive=False,
+                         query_shift=0)
+    assert unshifted["two_stage"] == good_results["two_stage"]

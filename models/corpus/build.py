@@ -13,6 +13,8 @@ import json
 import multiprocessing
 import os
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -82,14 +84,21 @@ def build(
     done = len(jobs) - len(todo)
     # spawn, not fork: a forked pool hung here with idle workers near the end of a build; forking a
     # process that has loaded torch (OpenMP) is a known cause of such hangs
+    # An executor, not multiprocessing.Pool: a Pool whose worker dies (a segfault in a codec did)
+    # waits forever for the lost task; the executor raises BrokenProcessPool instead.
     context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_init_worker, initargs=(config, str(cache))) as pool:
-        for error in pool.imap_unordered(_run_job, todo, chunksize=4):
-            done += 1
-            if error:
-                errors.append(error)
-            if progress:
-                progress(done, len(jobs), len(errors))
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                             initargs=(config, str(cache))) as pool:
+        try:
+            for error in pool.map(_run_job, todo, chunksize=4):
+                done += 1
+                if error:
+                    errors.append(error)
+                if progress:
+                    progress(done, len(jobs), len(errors))
+        except BrokenProcessPool:
+            raise RuntimeError(f"a render worker died after {done} of {len(jobs)} versions (a crash in a native "
+                               "library); what is cached stays, so running the build again resumes") from None
     return len(jobs) - len(errors), errors
 
 

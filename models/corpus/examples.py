@@ -14,7 +14,7 @@ import soundfile as sf
 
 from models.corpus import procedural
 from models.corpus.arrange import arrange, plan_version
-from models.corpus.render import apply_chain, available_soundfonts, plan_chain, synthesise
+from models.corpus.render import apply_chain, available_soundfonts, plan_chain, synthesise, write_audio
 
 EXAMPLE_SEEDS = (10**9 + 1, 10**9 + 2, 10**9 + 3)  # outside every training range: procedural_works draws seed * 1_000_003 + i
 SAMPLE_RATE = 22050
@@ -55,12 +55,11 @@ def write_examples(out: Path, seconds: float = 45.0, clip: tuple[float, float] =
         for folder, cover in (("originals", False), ("covers", True)):
             path = out / folder / f"song-{number}.ogg"
             path.parent.mkdir(parents=True, exist_ok=True)
-            sf.write(path, render_example(seed, cover, seconds, str(out)), SAMPLE_RATE, format="OGG", subtype="VORBIS")
+            write_audio(path, render_example(seed, cover, seconds, str(out)), SAMPLE_RATE, "OGG", "VORBIS")
             written.append(path)
     start, length = clip
     cover = sf.read(written[-1], dtype="float32")[0]
     path = out / "clips" / f"song-{len(EXAMPLE_SEEDS)}-cover-{length:g}s-from-{start:g}s.ogg"
     path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, cover[int(start * SAMPLE_RATE) : int((start + length) * SAMPLE_RATE)], SAMPLE_RATE,
-             format="OGG", subtype="VORBIS")
+    write_audio(path, cover[int(start * SAMPLE_RATE) : int((start + length) * SAMPLE_RATE)], SAMPLE_RATE, "OGG", "VORBIS")
     return [*written, path]

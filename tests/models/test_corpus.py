@@ -127,3 +127,18 @@ def test_asap_folders_of_one_piece_score_as_one_work(shared_data):
     assert len(set(pieces.values())) == 222  # ASAP's pieces; its 235 folders include repeat variants
     assert pieces["asap-Beethoven-Piano_Sonatas-17-1"] == pieces["asap-Beethoven-Piano_Sonatas-17-1_no_repeat"]
     assert pieces["asap-Beethoven-Piano_Sonatas-17-1"] != pieces["asap-Beethoven-Piano_Sonatas-18-2"]
+
+
+def test_long_vorbis_encodes_do_not_crash_the_process():
+    """libsndfile 1.2.2 segfaulted encoding about 2 M frames of Vorbis in one call (a 96 s version)."""
+    import io
+
+    import soundfile as sf
+
+    from models.corpus.render import write_audio
+
+    audio = (0.3 * np.random.default_rng(0).standard_normal(2_200_000)).astype(np.float32)
+    buffer = io.BytesIO()
+    write_audio(buffer, audio, 22050, "OGG", "VORBIS")
+    buffer.seek(0)
+    assert sf.info(buffer).frames == len(audio)

@@ -167,3 +167,45 @@ def test_sigkill_during_bulk_ingest_keeps_every_acknowledged_track(service, trac
         assert len(stored) <= len(acknowledged) + 1  # at most the one in flight when killed
         assert all(item["n_segments"] == 4 for item in stored.values())  # whole tracks only
         assert client.get("/readyz").json()["vectors"] == 4 * len(stored)
+
+
+def test_concurrent_identify_ingest_and_delete_over_http(service, tracks):
+    """Requests race in the server's thread pool: no 5xx, and the index ends equal to the store."""
+    statuses: list[int] = []
+    errors: list[BaseException] = []
+    clip = flac(tune(50.0, seed=1)[: 20 * SAMPLE_RATE])
+
+    def run(work):
+        try:
+            with httpx.Client(base_url=service.url, timeout=120) as client:
+                work(client)
+        except BaseException as err:  # surfaced below, not lost in the thread
+            errors.append(err)
+
+    def ingest(client):
+        for i in range(6):
+            statuses.append(add(client, tracks[f"tune-{i % 3}"], track_id=f"race-{i}").status_code)
+
+    def delete(client):
+        for i in range(6):
+            statuses.append(client.delete(f"/catalog/race-{i}", headers=AUTH).status_code)
+
+    def identify(client):
+        for _ in range(8):
+            statuses.append(client.post("/identify", files={"file": ("clip.flac", clip)}).status_code)
+
+    threads = [threading.Thread(target=run, args=(work,)) for work in (ingest, delete, identify, identify)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not errors, errors
+    assert len(statuses) == 6 + 6 + 16 and all(status in (200, 201, 204, 404) for status in statuses), statuses
+    with httpx.Client(base_url=service.url, timeout=60) as client:
+        stored = client.get("/catalog", params={"limit": 100}).json()["items"]
+        ready = client.get("/readyz").json()
+        assert ready["tracks"] == len(stored) and ready["vectors"] == 4 * len(stored)
+        for item in stored:  # every stored track is findable: index and store agree
+            found = client.post("/identify", files={"file": ("t.flac", tracks[f"tune-{int(item['track_id'][-1]) % 3}"])},
+                                params={"top_k": 50}).json()
+            assert item["track_id"] in [m["track_id"] for m in found["matches"]]

@@ -271,12 +271,13 @@ def _fmt(value: Optional[float], digits: int) -> str:
 
 
 def _table_row(key: str, results: dict[str, dict]) -> str:
-    counts = sorted({r["two_stage"][key]["queries"] for r in results.values()})
+    """One query length; a model evaluated without it (evaluate(lengths=...)) shows dashes."""
+    counts = sorted({r["two_stage"][key]["queries"] for r in results.values() if key in r["two_stage"]})
     cells = [key if key == FULL else f"{key} s", "/".join(str(c) for c in counts)]
     for r in results.values():
-        two = r["two_stage"][key]
+        two = r["two_stage"].get(key, {})
         exh = r.get("exhaustive", {}).get(key, {})
-        cells += [_fmt(two["mAP"], 3), _fmt(two["MR1"], 2), _fmt(exh.get("mAP"), 3)]
+        cells += [_fmt(two.get("mAP"), 3), _fmt(two.get("MR1"), 2), _fmt(exh.get("mAP"), 3)]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -303,7 +304,7 @@ def _plot(results: dict[str, dict], path: Path) -> None:
     fig = Figure(figsize=(7, 4.5))  # no pyplot: no global backend state, renders with Agg
     ax = fig.add_subplot()
     for name, r in results.items():
-        maps = [r["two_stage"][key]["mAP"] for key in order]
+        maps = [r["two_stage"].get(key, {}).get("mAP") for key in order]
         ax.plot(x, [math.nan if m is None else m for m in maps], marker="o", label=name)
     ax.set_xticks(x, order)
     ax.set_xlabel("query length (s)")

@@ -313,3 +313,13 @@ def test_transposed_queries_cost_a_key_dependent_embedding_its_matches(recording
     unshifted = evaluate(mean_spectrum_embed, recordings, seed=0, index_factory=fake_factory, exhaustive=False,
                          query_shift=0)
     assert unshifted["two_stage"] == good_results["two_stage"]
+
+
+def test_a_report_mixes_models_evaluated_on_different_lengths(recordings, good_results, tmp_path):
+    few = evaluate(mean_spectrum_embed, recordings, seed=0, index_factory=fake_factory, exhaustive=False,
+                   lengths=(10.0, 30.0))
+    written = write_report({"all lengths": good_results, "two lengths": few}, tmp_path)
+    rows = {line.split(" | ")[0]: line for line in written["markdown"].read_text().splitlines() if line.startswith("| ")}
+    cells = {key: row.strip("| ").split(" | ") for key, row in rows.items()}  # length, queries, 3 per model
+    assert cells["| 6 s"][5] == "–" and cells["| 30 s"][5] != "–"  # the second model's mAP
+    assert written["plot"].stat().st_size > 0

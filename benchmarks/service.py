@@ -165,6 +165,7 @@ def main() -> None:
             data_dir = Path(tmp)
             index, contents, fill_rate = fill(data_dir, tracks, args.versions, args.chunks, dim, model_id, seed=tracks)
             compare = two_stage_vs_all_pairs(index, contents, args.queries, seed=tracks)
+            print(f"# {tracks} tracks in process: fill {fill_rate:.0f} tracks/s, {compare}", flush=True)  # kept if the server fails
             del index, contents
             process = serve(args.model, data_dir, args.port)
             try:

@@ -509,11 +509,6 @@ def _read_array(archive: zipfile.ZipFile, name: str) -> np.ndarray:
         return np.load(member, allow_pickle=False)
 
 
-def _ranked(matches: list[Match]) -> list[Match]:
-    """Best first; ties by track id so the order never depends on candidate order."""
-    return sorted(matches, key=lambda match: (-match.score, match.track_id))
-
-
 def _start(starts_s: Optional[np.ndarray], segment: int) -> Optional[float]:
     return None if starts_s is None else float(starts_s[segment])
 

@@ -141,11 +141,17 @@ def _pca_initialise(network: ResNetIBN, sampler: BatchSampler, device: torch.dev
 
 def _initialise_from(path: Path, network: ResNetIBN, model_config: ExtractorConfig) -> None:
     """Fine-tuning: the network weights of an earlier run, whose model settings must be these."""
+    network.load_state_dict(_state_for(path, model_config)["network"])
+
+
+def _state_for(path: Path, model_config: ExtractorConfig) -> dict:
+    """A checkpoint's state, refused when its model settings are not `model_config` (the weights depend on them)."""
     state = torch.load(path, map_location="cpu", weights_only=False)
     stored = ExtractorConfig.from_dict(state["model_config"])
     if stored != model_config:
-        raise ValueError(f"{path} was trained with other model settings: {stored} (asked: {model_config})")
-    network.load_state_dict(state["network"])
+        raise ValueError(f"{path} was trained with other model settings: {stored} (asked: {model_config}); "
+                         "resuming or fine-tuning keeps the model settings")
+    return state
 
 
 def _save(path: Path, step: int, network, loss_fn, optimiser, sampler, model_config, train_config, corpus) -> None:
@@ -170,11 +176,7 @@ def _resume(path: Path, network, loss_fn, optimiser, sampler, model_config: Extr
     other augmentation: fine-tuning); the model settings may not, since the weights depend on them."""
     if not path.exists():
         return 0
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    stored = ExtractorConfig.from_dict(state["model_config"])
-    if stored != model_config:
-        raise ValueError(f"{path} was trained with other model settings: {stored} (asked: {model_config}); "
-                         "use a new run directory")
+    state = _state_for(path, model_config)
     network.load_state_dict(state["network"])
     loss_fn.load_state_dict(state["loss"])
     optimiser.load_state_dict(state["optimiser"])

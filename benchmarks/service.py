@@ -1,12 +1,12 @@
 """Service benchmarks: identify latency over HTTP, two-stage vs all-pairs, ingest throughput, memory per track.
 
 For each catalogue size, synthetic local embeddings (`--chunks` per track,
-works of `--versions` versions each: see `synthetic_tracks`) go through the
+works of `--versions` versions each, shaped like the shipped model's: see `synthetic.py`) go through the
 same store (SQLite) and index code as the service; the index snapshot is
 saved so the real server, started afterwards with uvicorn on loopback, loads it. Then:
 - identify: p50/p95 of POST /identify with a real 30 s audio clip, client-side wall time;
 - two-stage vs all-pairs: in-process LocalIndex.search vs search_exhaustive for
-  3-chunk queries (a new version of a catalogued work), with recall@10 of
+  2-chunk queries (a 30 s clip of a new version of a catalogued work), with recall@10 of
   the two-stage top 10 against the all-pairs top 10;
 - ingest: POST /catalog of real audio, seconds of audio per second;
 - memory: resident memory of the server process and store size, per track.
@@ -35,55 +35,31 @@ from app.store import SQLiteStore, TrackRecord
 from index.local_index import LocalIndex
 from models.extractor import load_extractor
 from models.synth import random_tune, render_notes
+from ann_sweep import sweep
+from synthetic import EmbeddingShape, Sampler, catalogue, query
 
 RATE = 22050
 
 
-def synthetic_tracks(works: int, versions: int, chunks: int, dim: int, rng: np.random.Generator):
-    """Yield (track_id, vectors) shaped like a cover catalogue: `works` songs of `versions` versions each.
-
-    A work is a sequence of random unit "content" vectors; each version covers a stretch of it
-    (a random start) with its own deviation (cosine about 0.75 to the content), as local
-    embeddings of versions of one song do. Unrelated tracks are then near-orthogonal, so the
-    all-pairs top 10 of a query are the versions of its work, not ties among noise.
-    """
-    for work in range(works):
-        content = unit(rng.standard_normal((chunks + SHIFT, dim)))
-        for version in range(versions):
-            first = int(rng.integers(0, SHIFT + 1))
-            yield f"work-{work}-v{version}", deviate(content[first : first + chunks], 0.75, rng), content
-
-
-SHIFT = 6  # versions start up to 6 chunks (60 s) apart in their song
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
-
-
-def deviate(vectors: np.ndarray, cosine: float, rng: np.random.Generator) -> np.ndarray:
-    """Unit vectors at about `cosine` to `vectors` in random directions."""
-    noise = unit(rng.standard_normal(vectors.shape))
-    return unit(cosine * vectors + np.sqrt(1 - cosine**2) * noise)
-
-
-def fill(data_dir: Path, tracks: int, versions: int, chunks: int, dim: int, model_id: str,
-         seed: int) -> tuple[LocalIndex, list[np.ndarray], float]:
+def fill(data_dir: Path, tracks: int, args: argparse.Namespace, model_id: str, sampler: Sampler
+         ) -> tuple[LocalIndex, list[np.ndarray], float]:
     """Insert synthetic tracks through store + index, as POST /catalog/batch does (1,000 per store write).
 
-    Returns the index, each work's content vectors (queries are made from them) and tracks per second.
+    Returns the index, each work's content (queries are made from it) and tracks per second.
     """
-    rng = np.random.default_rng(seed)
     store = SQLiteStore(data_dir)
-    catalog, _ = Catalog.open(store, model_id, dim, data_dir / "index.snapshot")
-    catalog.index = LocalIndex(dim, initial_capacity=tracks * chunks + 1024)
-    starts = (np.arange(chunks) * 10.0).astype(np.float32)
+    catalog, _ = Catalog.open(store, model_id, sampler.dim, data_dir / "index.snapshot")
+    catalog.index = LocalIndex(sampler.dim, k_neighbours=args.k, m=args.m, ef_construction=args.ef_construction,
+                               ef_search=args.ef, initial_capacity=tracks * args.chunks + 1024)
+    starts = (np.arange(args.chunks) * 10.0).astype(np.float32)
     contents, batch = [], []
     started = time.perf_counter()
-    for track_id, vectors, content in synthetic_tracks(tracks // versions, versions, chunks, dim, rng):
+    for track_id, vectors, content in catalogue(tracks // args.versions, args.versions, args.chunks, sampler,
+                                                args.correlation):
         if track_id.endswith("-v0"):
             contents.append(content)
-        batch.append(TrackRecord(track_id, None, None, {}, 10.0 * chunks + 10, model_id, time.time(), vectors, starts))
+        batch.append(TrackRecord(track_id, None, None, {}, 10.0 * args.chunks + 10, model_id, time.time(), vectors,
+                                 starts))
         if len(batch) == 1000:
             catalog.ingest_many(batch)
             batch = []
@@ -95,35 +71,16 @@ def fill(data_dir: Path, tracks: int, versions: int, chunks: int, dim: int, mode
     return catalog.index, contents, rate
 
 
-def two_stage_vs_all_pairs(index: LocalIndex, contents: list[np.ndarray], queries: int, seed: int) -> dict:
-    """3-chunk queries (a 30 s clip: 2 chunks; 40 s: 3) from a new version of a random work."""
-    rng = np.random.default_rng(seed + 1)
-    two_stage, all_pairs, recalls, top1 = [], [], [], []
-    for _ in range(queries):
-        work = int(rng.integers(len(contents)))
-        first = int(rng.integers(0, len(contents[work]) - 3))
-        query = deviate(contents[work][first : first + 3], 0.75, rng)
-        t = time.perf_counter()
-        fast = index.search(query, top_k=10)
-        two_stage.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        exact = index.search_exhaustive(query, top_k=10)
-        all_pairs.append(time.perf_counter() - t)
-        recalls.append(len({m.track_id for m in fast} & {m.track_id for m in exact}) / len(exact))
-        top1.append(fast[0].track_id == exact[0].track_id)
-    return {"two_stage_ms": 1000 * statistics.median(two_stage), "all_pairs_ms": 1000 * statistics.median(all_pairs),
-            "recall_at_10": float(np.mean(recalls)), "top1_agreement": float(np.mean(top1))}
-
-
 def audio_bytes(seconds: float, seed: int) -> bytes:
     buffer = io.BytesIO()
     sf.write(buffer, render_notes(random_tune(seconds, seed=seed), RATE, seconds, seed=seed), RATE, format="FLAC")
     return buffer.getvalue()
 
 
-def serve(model: Path, data_dir: Path, port: int) -> subprocess.Popen:
+def serve(model: Path, data_dir: Path, port: int, args: argparse.Namespace) -> subprocess.Popen:
     env = {**os.environ, "COVERID_MODEL_PATH": str(model), "COVERID_DATA_DIR": str(data_dir), "COVERID_DEVICE": "cpu",
-           "COVERID_LOG_LEVEL": "warning"}
+           "COVERID_LOG_LEVEL": "warning", "COVERID_K_NEIGHBOURS": str(args.k), "COVERID_EF_SEARCH": str(args.ef),
+           "COVERID_HNSW_M": str(args.m)}
     process = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port),
                                 "--log-level", "warning"], env=env)
     for _ in range(6000):
@@ -147,6 +104,17 @@ def main() -> None:
     parser.add_argument("--tracks", type=int, nargs="+", default=[1000])
     parser.add_argument("--chunks", type=int, default=17, help="local embeddings per track: 17 is a 3-minute track")
     parser.add_argument("--versions", type=int, default=10, help="catalogue tracks per work")
+    parser.add_argument("--query-chunks", type=int, default=2, help="2 is a 30 s clip (20 s chunks, 10 s hop)")
+    parser.add_argument("--correlation", type=float, default=0.75,
+                        help="of a version's (and a query's) deviation with its work's content")
+    parser.add_argument("--shape", choices=["model", "isotropic"], default="model",
+                        help="of the synthetic embeddings (see synthetic.py)")
+    parser.add_argument("--k", type=int, default=50, help="HNSW neighbours per query chunk")
+    parser.add_argument("--ef", type=int, default=100, help="HNSW query beam")
+    parser.add_argument("--m", type=int, default=16, help="HNSW links per node")
+    parser.add_argument("--ef-construction", type=int, default=200)
+    parser.add_argument("--sweep", nargs="*", default=[], metavar="K:EF",
+                        help="more (K, ef) pairs for the in-process comparison, e.g. 50:200 100:400")
     parser.add_argument("--model", type=Path, default=Path("models/weights/extractor.pt"))
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--queries", type=int, default=50)
@@ -156,18 +124,26 @@ def main() -> None:
     extractor = load_extractor(args.model, "cpu")
     dim, model_id = extractor.config.embedding_dim, extractor.model_id
     clip = audio_bytes(30.0, seed=7)
-    print(f"# {args.model} ({model_id}); {args.chunks} chunks per track; median of {args.requests} requests")
+    print(f"# {args.model} ({model_id}); {args.chunks} chunks per track; {args.shape} shape; K {args.k}, "
+          f"ef {args.ef}, M {args.m}, ef_construction {args.ef_construction}; median of {args.requests} requests")
     print("| tracks | fill (tracks/s) | identify p50 | identify p95 | two-stage | all-pairs | speed-up | recall@10 | "
           "server RSS | RSS per track | store per track |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for tracks in args.tracks:
         with tempfile.TemporaryDirectory(dir=".") as tmp:
             data_dir = Path(tmp)
-            index, contents, fill_rate = fill(data_dir, tracks, args.versions, args.chunks, dim, model_id, seed=tracks)
-            compare = two_stage_vs_all_pairs(index, contents, args.queries, seed=tracks)
+            shape = EmbeddingShape.load() if args.shape == "model" else EmbeddingShape.isotropic(dim)
+            sampler = Sampler(shape, np.random.default_rng(tracks))
+            index, contents, fill_rate = fill(data_dir, tracks, args, model_id, sampler)
+            queries = [query(contents[int(sampler.rng.integers(len(contents)))], args.chunks, args.query_chunks,
+                             sampler, args.correlation) for _ in range(args.queries)]
+            settings = [(args.k, args.ef)] + [tuple(int(v) for v in pair.split(":")) for pair in args.sweep]
+            compare, *others = sweep(index, queries, settings)
             print(f"# {tracks} tracks in process: fill {fill_rate:.0f} tracks/s, {compare}", flush=True)  # kept if the server fails
+            for other in others:
+                print(f"# {tracks} tracks in process, K {other['k']}, ef {other['ef']}: {other}", flush=True)
             del index, contents
-            process = serve(args.model, data_dir, args.port)
+            process = serve(args.model, data_dir, args.port, args)
             try:
                 latencies = []
                 with httpx.Client(base_url=f"http://127.0.0.1:{args.port}", timeout=60) as client:
@@ -188,7 +164,7 @@ def main() -> None:
                   f"{1024 * store_mib / tracks:.1f} KiB |", flush=True)
     # ingest throughput with real audio through HTTP
     with tempfile.TemporaryDirectory(dir=".") as tmp:
-        process = serve(args.model, Path(tmp), args.port)
+        process = serve(args.model, Path(tmp), args.port, args)
         try:
             uploads = [audio_bytes(240.0, seed=100 + i) for i in range(args.ingest_tracks)]
             with httpx.Client(base_url=f"http://127.0.0.1:{args.port}", timeout=120) as client:

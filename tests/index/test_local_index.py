@@ -278,6 +278,24 @@ def test_ef_is_at_least_k_also_after_load(tmp_path):
     assert LocalIndex.load(path, expected_model_id="m", dim=DIM, k_neighbours=120).ef >= 120
 
 
+def test_set_search_changes_k_and_ef_and_keeps_ef_at_least_k(library):
+    tracks, _ = library
+    index = build(dict(list(tracks.items())[:40]), k_neighbours=5, ef_search=10)
+    query = next(iter(tracks.values()))[:2]
+    index.set_search(k_neighbours=60)
+    assert (index.k_neighbours, index.ef) == (60, 60)
+    index.set_search(ef_search=200)
+    assert (index.k_neighbours, index.ef) == (60, 200)
+    index.set_search(k_neighbours=index.vector_count)  # every stored chunk a neighbour: every track a candidate
+    wide = [(m.track_id, round(m.score, 5)) for m in index.search(query, top_k=40)]
+    assert wide == [(m.track_id, round(m.score, 5)) for m in index.search_exhaustive(query, top_k=40)]
+    index.set_search(k_neighbours=1, ef_search=1)
+    assert len(index.search(query, top_k=40)) <= 2  # one neighbour per query chunk: at most two tracks
+    with pytest.raises(ValueError, match="k_neighbours"):
+        index.set_search(k_neighbours=-3)
+    assert index.k_neighbours == 1
+
+
 def test_growth_past_the_initial_capacity():
     rng = np.random.default_rng(14)
     tracks = random_tracks(rng, 60)

@@ -341,7 +341,7 @@ class LocalIndex:
             return []
         tracks = [self._tracks[track_id] for track_id in track_ids]
         padded, mask = self._gather([track.slots for track in tracks])
-        scores, query_index, reference_index = maxmean_best_pair(torch.from_numpy(rows), padded, candidate_mask=mask)
+        scores, query_index, reference_index = maxmean_best_pair(torch.from_numpy(rows), padded, candidate_mask=mask, unit=True)
         scores, query_index, reference_index = scores.tolist(), query_index.tolist(), reference_index.tolist()
         order = sorted(range(len(tracks)), key=lambda i: (-scores[i], track_ids[i]))[:top_k]
         return [

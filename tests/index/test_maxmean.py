@@ -87,6 +87,18 @@ def test_best_pair_gives_the_maxmean_score_and_the_highest_cosine_pair():
         assert (int(query_index[d]), int(candidate_index[d])) == reference_best_pair(query, candidate)
 
 
+def test_unit_skips_normalising_and_gives_the_same_result_for_unit_rows():
+    candidates = [F.normalize(c, dim=-1) for c in random_sequences([2, 5, 9], seed=11)]
+    query = F.normalize(random_sequences([3], seed=12)[0], dim=-1)
+    padded, mask = pad_sequences(candidates)
+    normalised = maxmean_best_pair(query, padded, candidate_mask=mask)
+    trusted = maxmean_best_pair(query, padded, candidate_mask=mask, unit=True)
+    assert torch.allclose(trusted[0], normalised[0], atol=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(trusted[1:], normalised[1:]))
+    # rows that are not unit are not fixed up when the caller vouches for them: the flag is a promise
+    assert torch.allclose(maxmean_best_pair(2 * query, padded, candidate_mask=mask, unit=True)[0], 2 * normalised[0])
+
+
 def test_best_pair_never_points_into_padding():
     # padding equal to a query feature would be the best pair if it were not masked
     query, candidate = random_sequences([3, 2], seed=8)

@@ -26,8 +26,9 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("data"), description="embedded store (SQLite) and index snapshot")
     redis_url: Optional[str] = Field(None, description="use Redis as the store instead of SQLite")
     # retrieval (ByteCover3 section 2.3)
-    k_neighbours: int = Field(50, ge=1, le=1000, description="HNSW neighbours per query chunk")
-    ef_search: int = Field(100, ge=1, description="HNSW beam width; raised to k_neighbours when lower")
+    # K: the paper's 50 loses recall at 100k tracks even with exact neighbours (BENCHMARKS.md, coverage)
+    k_neighbours: int = Field(200, ge=1, le=1000, description="HNSW neighbours per query chunk")
+    ef_search: int = Field(200, ge=1, description="HNSW beam width; raised to k_neighbours when lower")
     hnsw_m: int = Field(16, ge=4, le=128)
     max_top_k: int = Field(200, ge=1)
     # limits

@@ -145,13 +145,14 @@ def main() -> None:
             del index, contents
             process = serve(args.model, data_dir, args.port, args)
             try:
-                latencies = []
+                latencies, stages = [], []
                 with httpx.Client(base_url=f"http://127.0.0.1:{args.port}", timeout=60) as client:
                     client.post("/identify", files={"file": ("clip.flac", clip)})  # warm-up
                     for _ in range(args.requests):
                         t = time.perf_counter()
-                        client.post("/identify", files={"file": ("clip.flac", clip)}).raise_for_status()
+                        response = client.post("/identify", files={"file": ("clip.flac", clip)})
                         latencies.append(time.perf_counter() - t)
+                        stages.append(response.raise_for_status().json()["timings_ms"])
                 rss = rss_mib(process.pid)
             finally:
                 process.terminate()
@@ -162,6 +163,8 @@ def main() -> None:
                   f"{compare['all_pairs_ms']:.1f} ms | {compare['all_pairs_ms'] / compare['two_stage_ms']:.0f}x | "
                   f"{compare['recall_at_10']:.3f} | {rss:.0f} MiB | {1024 * rss / tracks:.1f} KiB | "
                   f"{1024 * store_mib / tracks:.1f} KiB |", flush=True)
+            print(f"# {tracks} tracks, server-side stage medians (ms): "
+                  + ", ".join(f"{name} {statistics.median(s[name] for s in stages):.1f}" for name in stages[0]), flush=True)
     # ingest throughput with real audio through HTTP
     with tempfile.TemporaryDirectory(dir=".") as tmp:
         process = serve(args.model, Path(tmp), args.port, args)

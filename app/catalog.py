@@ -50,7 +50,7 @@ class Catalog:
                 f"the catalogue holds embeddings of model(s) {foreign}, but the loaded extractor is {model_id!r}; "
                 "re-embed the catalogue with this model or load the model that built it"
             )
-        index = _load_snapshot(snapshot, store, model_id, dim, k_neighbours, ef_search)
+        index = _load_snapshot(snapshot, store, model_id, dim, k_neighbours, ef_search, m)
         how = "snapshot"
         if index is None:
             how = "rebuilt"
@@ -98,15 +98,18 @@ class Catalog:
 
 
 def _load_snapshot(
-    path: Path, store: CatalogStore, model_id: str, dim: int, k_neighbours: int, ef_search: int
+    path: Path, store: CatalogStore, model_id: str, dim: int, k_neighbours: int, ef_search: int, m: int
 ) -> Optional[LocalIndex]:
-    """The snapshot's index if its header matches the store, else None. The file is removed either way."""
+    """The snapshot's index if its header matches the store and M, else None. The file is removed either way.
+
+    M is fixed when a graph is built, so a changed M setting takes effect by rebuilding from the store.
+    """
     if not path.exists():
         return None
     try:
         header = read_header(path)
-        fits = (header.model_id, header.dim, header.vector_count, header.track_count) == (
-            model_id, dim, store.vector_count(), store.count())
+        fits = (header.model_id, header.dim, header.vector_count, header.track_count, header.m) == (
+            model_id, dim, store.vector_count(), store.count(), m)
         return LocalIndex.load(path, model_id, dim, k_neighbours=k_neighbours, ef_search=ef_search) if fits else None
     except (SnapshotMismatch, ValueError, OSError, KeyError):
         return None

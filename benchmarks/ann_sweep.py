@@ -74,10 +74,10 @@ def main() -> None:
     parser.add_argument("--correlation", type=float, default=0.75,
                         help="of a version's (and a query's) deviation with its work's content")
     parser.add_argument("--shape", nargs="+", choices=["model", "isotropic"], default=["model"])
-    parser.add_argument("--m", type=int, nargs="+", default=[16])
+    parser.add_argument("--m", type=int, nargs="+", default=[32])
     parser.add_argument("--ef-construction", type=int, nargs="+", default=[200])
-    parser.add_argument("--k", type=int, nargs="+", default=[50])
-    parser.add_argument("--ef", type=int, nargs="+", default=[100])
+    parser.add_argument("--k", type=int, nargs="+", default=[200])
+    parser.add_argument("--ef", type=int, nargs="+", default=[400])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     print(f"# {args.tracks} tracks x {args.chunks} chunks, works of {args.versions}, {args.queries} queries of "

@@ -109,9 +109,10 @@ def main() -> None:
                         help="of a version's (and a query's) deviation with its work's content")
     parser.add_argument("--shape", choices=["model", "isotropic"], default="model",
                         help="of the synthetic embeddings (see synthetic.py)")
-    parser.add_argument("--k", type=int, default=50, help="HNSW neighbours per query chunk")
-    parser.add_argument("--ef", type=int, default=100, help="HNSW query beam")
-    parser.add_argument("--m", type=int, default=16, help="HNSW links per node")
+    # defaults: the service's (app/settings.py)
+    parser.add_argument("--k", type=int, default=200, help="HNSW neighbours per query chunk")
+    parser.add_argument("--ef", type=int, default=400, help="HNSW query beam")
+    parser.add_argument("--m", type=int, default=32, help="HNSW links per node")
     parser.add_argument("--ef-construction", type=int, default=200)
     parser.add_argument("--sweep", nargs="*", default=[], metavar="K:EF",
                         help="more (K, ef) pairs for the in-process comparison, e.g. 50:200 100:400")

@@ -16,7 +16,7 @@ import statistics
 import time
 
 import numpy as np
-from synthetic import EmbeddingShape, Sampler, catalogue, query
+from synthetic import EmbeddingShape, Sampler, add_in_batches, queries
 
 from index.local_index import LocalIndex
 
@@ -26,17 +26,9 @@ def build(tracks: int, versions: int, chunks: int, sampler: Sampler, correlation
     """The index, each work's content, and the seconds the build took (1,000 tracks per add_many)."""
     index = LocalIndex(sampler.dim, m=m, ef_construction=ef_construction, initial_capacity=tracks * chunks + 1024)
     starts = np.arange(chunks) * 10.0
-    contents, batch = [], []
     started = time.perf_counter()
-    for track_id, vectors, content in catalogue(tracks // versions, versions, chunks, sampler, correlation):
-        if track_id.endswith("-v0"):
-            contents.append(content)
-        batch.append((track_id, vectors, starts))
-        if len(batch) == 1000:
-            index.add_many(batch)
-            batch = []
-    if batch:
-        index.add_many(batch)
+    contents = add_in_batches(index.add_many, lambda track_id, vectors: (track_id, vectors, starts),
+                              tracks, versions, chunks, sampler, correlation)
     return index, contents, time.perf_counter() - started
 
 
@@ -85,15 +77,14 @@ def main() -> None:
     print("| shape | M | ef_construction | build | K | ef | two-stage | all-pairs | speed-up | recall@10 | worst query | top-1 agrees |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for shape_name in args.shape:
-        shape = EmbeddingShape.load() if shape_name == "model" else EmbeddingShape.isotropic(512)
+        shape = EmbeddingShape.named(shape_name)
         for m in args.m:
             for ef_construction in args.ef_construction:
                 sampler = Sampler(shape, np.random.default_rng(args.seed))
                 index, contents, build_s = build(args.tracks, args.versions, args.chunks, sampler,
                                                  args.correlation, m, ef_construction)
-                queries = [query(contents[int(sampler.rng.integers(len(contents)))], args.chunks, args.query_chunks,
-                                 sampler, args.correlation) for _ in range(args.queries)]
-                for r in sweep(index, queries, list(itertools.product(args.k, args.ef))):
+                asked = queries(contents, args.queries, args.chunks, args.query_chunks, sampler, args.correlation)
+                for r in sweep(index, asked, list(itertools.product(args.k, args.ef))):
                     print(f"| {shape_name} | {m} | {ef_construction} | {build_s:.0f} s | {r['k']} | {r['ef']} | "
                           f"{r['two_stage_ms']:.2f} ms | {r['all_pairs_ms']:.1f} ms | "
                           f"{r['all_pairs_ms'] / r['two_stage_ms']:.0f}x | {r['recall_at_10']:.3f} | "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from synthetic import EmbeddingShape, Sampler, catalogue, query
+from synthetic import EmbeddingShape, Sampler, catalogue, queries
 
 
 def main() -> None:
@@ -27,21 +27,18 @@ def main() -> None:
     parser.add_argument("--k", type=int, nargs="+", default=[50, 100, 200, 400, 800])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    shape = EmbeddingShape.load() if args.shape == "model" else EmbeddingShape.isotropic(512)
+    shape = EmbeddingShape.named(args.shape)
     sampler = Sampler(shape, np.random.default_rng(args.seed))
     vectors = np.empty((args.tracks * args.chunks, shape.dim), dtype=np.float32)
     contents = []
-    for i, (track_id, rows, content) in enumerate(
-        catalogue(args.tracks // args.versions, args.versions, args.chunks, sampler, args.correlation)
-    ):
-        vectors[i * args.chunks : (i + 1) * args.chunks] = rows
-        if track_id.endswith("-v0"):
-            contents.append(content)
+    for content, tracks in catalogue(args.tracks // args.versions, args.versions, args.chunks, sampler,
+                                     args.correlation):
+        first = len(contents) * args.versions * args.chunks
+        vectors[first : first + len(tracks) * args.chunks] = np.concatenate([rows for _, rows in tracks])
+        contents.append(content)
     owner = np.repeat(np.arange(args.tracks), args.chunks)
     recalls: dict[int, list[float]] = {k: [] for k in args.k}
-    for _ in range(args.queries):
-        rows = query(contents[int(sampler.rng.integers(len(contents)))], args.chunks, args.query_chunks, sampler,
-                     args.correlation)
+    for rows in queries(contents, args.queries, args.chunks, args.query_chunks, sampler, args.correlation):
         table = rows @ vectors.T  # (query chunks, catalogue chunks)
         # MaxMean with the query (the shorter side) first: best chunk per query chunk, meaned
         scores = table.reshape(len(rows), args.tracks, args.chunks).max(axis=2).mean(axis=0)

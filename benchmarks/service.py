@@ -36,7 +36,7 @@ from index.local_index import LocalIndex
 from models.extractor import load_extractor
 from models.synth import random_tune, render_notes
 from ann_sweep import sweep
-from synthetic import EmbeddingShape, Sampler, catalogue, query
+from synthetic import EmbeddingShape, Sampler, add_in_batches, queries
 
 RATE = 22050
 
@@ -52,19 +52,13 @@ def fill(data_dir: Path, tracks: int, args: argparse.Namespace, model_id: str, s
     catalog.index = LocalIndex(sampler.dim, k_neighbours=args.k, m=args.m, ef_construction=args.ef_construction,
                                ef_search=args.ef, initial_capacity=tracks * args.chunks + 1024)
     starts = (np.arange(args.chunks) * 10.0).astype(np.float32)
-    contents, batch = [], []
+    duration_s = 10.0 * args.chunks + 10
     started = time.perf_counter()
-    for track_id, vectors, content in catalogue(tracks // args.versions, args.versions, args.chunks, sampler,
-                                                args.correlation):
-        if track_id.endswith("-v0"):
-            contents.append(content)
-        batch.append(TrackRecord(track_id, None, None, {}, 10.0 * args.chunks + 10, model_id, time.time(), vectors,
-                                 starts))
-        if len(batch) == 1000:
-            catalog.ingest_many(batch)
-            batch = []
-    if batch:
-        catalog.ingest_many(batch)
+    contents = add_in_batches(
+        catalog.ingest_many,
+        lambda track_id, vectors: TrackRecord(track_id, None, None, {}, duration_s, model_id, time.time(), vectors, starts),
+        tracks, args.versions, args.chunks, sampler, args.correlation,
+    )
     rate = tracks / (time.perf_counter() - started)
     catalog.save_snapshot(data_dir / "index.snapshot")
     store.close()
@@ -125,6 +119,7 @@ def main() -> None:
     extractor = load_extractor(args.model, "cpu")
     dim, model_id = extractor.config.embedding_dim, extractor.model_id
     clip = audio_bytes(30.0, seed=7)
+    shape = EmbeddingShape.named(args.shape, dim)
     print(f"# {args.model} ({model_id}); {args.chunks} chunks per track; {args.shape} shape; K {args.k}, "
           f"ef {args.ef}, M {args.m}, ef_construction {args.ef_construction}; median of {args.requests} requests")
     print("| tracks | fill (tracks/s) | identify p50 | identify p95 | two-stage | all-pairs | speed-up | recall@10 | "
@@ -133,13 +128,11 @@ def main() -> None:
     for tracks in args.tracks:
         with tempfile.TemporaryDirectory(dir=".") as tmp:
             data_dir = Path(tmp)
-            shape = EmbeddingShape.load() if args.shape == "model" else EmbeddingShape.isotropic(dim)
             sampler = Sampler(shape, np.random.default_rng(tracks))
             index, contents, fill_rate = fill(data_dir, tracks, args, model_id, sampler)
-            queries = [query(contents[int(sampler.rng.integers(len(contents)))], args.chunks, args.query_chunks,
-                             sampler, args.correlation) for _ in range(args.queries)]
+            asked = queries(contents, args.queries, args.chunks, args.query_chunks, sampler, args.correlation)
             settings = [(args.k, args.ef)] + [tuple(int(v) for v in pair.split(":")) for pair in args.sweep]
-            compare, *others = sweep(index, queries, settings)
+            compare, *others = sweep(index, asked, settings)
             print(f"# {tracks} tracks in process: fill {fill_rate:.0f} tracks/s, {compare}", flush=True)  # kept if the server fails
             for other in others:
                 print(f"# {tracks} tracks in process, K {other['k']}, ef {other['ef']}: {other}", flush=True)

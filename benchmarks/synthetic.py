@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 
 MODEL_SHAPE_FILE = Path(__file__).with_name("embedding_shape.json")
 SHIFT = 6  # versions start up to 6 chunks (60 s) apart in their work
+Item = TypeVar("Item")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,15 @@ class EmbeddingShape:
     @classmethod
     def isotropic(cls, dim: int) -> "EmbeddingShape":
         return cls(0.0, np.full(dim, 1.0 / dim))
+
+    @classmethod
+    def named(cls, name: str, dim: int = 512) -> "EmbeddingShape":
+        """"model" (the measured shape, from embedding_shape.json) or "isotropic" (of `dim` dimensions)."""
+        if name == "model":
+            return cls.load()
+        if name == "isotropic":
+            return cls.isotropic(dim)
+        raise ValueError(f"unknown embedding shape {name!r}; available: 'model', 'isotropic'")
 
     @classmethod
     def load(cls, path: Path = MODEL_SHAPE_FILE) -> "EmbeddingShape":
@@ -56,7 +66,6 @@ class Sampler:
         basis, _ = np.linalg.qr(rng.standard_normal((shape.dim, shape.dim)))
         self._axes = basis * np.sqrt(shape.eigenvalues)[None, :]  # column i: eigen-direction i, scaled
         self._mean = basis[:, 0] * shape.mean_norm if shape.mean_norm else np.zeros(shape.dim)
-        self._spread = float(np.sqrt(shape.eigenvalues.sum()))
 
     def centred(self, count: int) -> np.ndarray:
         """(count, dim) Gaussian deviations from the mean, of the shape's covariance."""
@@ -69,13 +78,34 @@ class Sampler:
 
 
 def catalogue(works: int, versions: int, chunks: int, sampler: Sampler, correlation: float
-              ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """Yield (track_id, vectors (chunks, dim), work content (chunks + SHIFT, dim)), `versions` per work."""
+              ) -> Iterator[tuple[np.ndarray, list[tuple[str, np.ndarray]]]]:
+    """Yield per work its content (chunks + SHIFT, dim) and its `versions` tracks as (track_id, vectors (chunks, dim))."""
     for work in range(works):
         content = sampler.centred(chunks + SHIFT)
+        tracks = []
         for version in range(versions):
             first = int(sampler.rng.integers(0, SHIFT + 1))
-            yield f"work-{work}-v{version}", sampler.version_of(content[first : first + chunks], correlation), content
+            tracks.append((f"work-{work}-v{version}", sampler.version_of(content[first : first + chunks], correlation)))
+        yield content, tracks
+
+
+def add_in_batches(add: Callable[[list[Item]], None], item: Callable[[str, np.ndarray], Item], tracks: int,
+                   versions: int, chunks: int, sampler: Sampler, correlation: float, batch: int = 1000
+                   ) -> list[np.ndarray]:
+    """Hand `tracks` synthetic tracks to `add`, `batch` at a time, each made by item(track_id, vectors).
+
+    Returns each work's content, which `queries` draws from.
+    """
+    contents, pending = [], []
+    for content, work_tracks in catalogue(tracks // versions, versions, chunks, sampler, correlation):
+        contents.append(content)
+        pending.extend(item(track_id, vectors) for track_id, vectors in work_tracks)
+        if len(pending) >= batch:
+            add(pending)
+            pending = []
+    if pending:
+        add(pending)
+    return contents
 
 
 def query(content: np.ndarray, chunks: int, length: int, sampler: Sampler, correlation: float) -> np.ndarray:
@@ -87,6 +117,13 @@ def query(content: np.ndarray, chunks: int, length: int, sampler: Sampler, corre
     """
     first = int(sampler.rng.integers(SHIFT, chunks - length + 1))
     return sampler.version_of(content[first : first + length], correlation)
+
+
+def queries(contents: list[np.ndarray], count: int, chunks: int, length: int, sampler: Sampler,
+            correlation: float) -> list[np.ndarray]:
+    """`count` queries of `length` chunks, each from a random work (see `query`)."""
+    return [query(contents[int(sampler.rng.integers(len(contents)))], chunks, length, sampler, correlation)
+            for _ in range(count)]
 
 
 def unit(x: np.ndarray) -> np.ndarray:

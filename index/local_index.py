@@ -172,11 +172,12 @@ class LocalIndex:
 
     def set_search(self, k_neighbours: Optional[int] = None, ef_search: Optional[int] = None) -> None:
         """Change K and ef for the searches that follow; ef stays at least K."""
-        _check_positive(k_neighbours=k_neighbours or self._k, ef_search=ef_search or self._ef_search)
+        k = self._k if k_neighbours is None else k_neighbours
+        ef = self._ef_search if ef_search is None else ef_search
+        _check_positive(k_neighbours=k, ef_search=ef)
         with self._lock.write():
-            self._k = k_neighbours or self._k
-            self._ef_search = ef_search or self._ef_search
-            self._hnsw.set_ef(max(self._ef_search, self._k))
+            self._k, self._ef_search = k, ef
+            self._hnsw.set_ef(max(ef, k))
 
     # ---- changes
 

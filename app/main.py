@@ -24,10 +24,12 @@ from app.metrics import CATALOG_TRACKS, INDEX_VECTORS
 from app.pipeline import ClipDurationError, Embedder, identify, ingest, make_record
 from app.settings import Settings, get_settings
 from app.store import StoreError, StoreUnavailable, TrackExists, TrackRecord, open_store
+from app.store.base import MAX_METADATA_DEPTH, metadata_json
 from models.audio import AudioError
 from models.extractor import load_extractor
 
 log = logging.getLogger("coverid")
+METADATA_MAX_CHARS = 65536  # a catalogue record (ISRC, labels, links), not a document store
 
 
 @asynccontextmanager
@@ -120,7 +122,7 @@ def _routes():
         track_id: Annotated[Optional[str], Form(max_length=200, pattern=r"^[A-Za-z0-9._:-]+$")] = None,
         title: Annotated[Optional[str], Form(max_length=500)] = None,
         artist: Annotated[Optional[str], Form(max_length=500)] = None,
-        metadata: Annotated[Optional[str], Form(description="a JSON object")] = None,
+        metadata: Annotated[Optional[str], Form(max_length=METADATA_MAX_CHARS, description="a JSON object")] = None,
         replace: Annotated[bool, Query(description="overwrite an existing track_id")] = False,
     ) -> schemas.Track:
         extra = _metadata(metadata)
@@ -235,8 +237,15 @@ def _metadata(text: Optional[str]) -> dict:
         value = json.loads(text)
     except json.JSONDecodeError as err:
         raise HTTPException(422, f"metadata must be a JSON object: {err.msg} at position {err.pos}") from None
+    except RecursionError:
+        raise HTTPException(422, f"metadata nests more than {MAX_METADATA_DEPTH} objects or lists deep; "
+                                 "flatten it") from None
     if not isinstance(value, dict):
         raise HTTPException(422, f"metadata must be a JSON object, not {type(value).__name__}")
+    try:
+        metadata_json(value)  # the store's own check (NaN, depth), before any audio is decoded
+    except ValueError as err:
+        raise HTTPException(422, str(err)) from None
     return value
 
 

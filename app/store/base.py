@@ -21,6 +21,9 @@ import numpy as np
 # reads the same on any machine.
 STORED_DTYPE = np.dtype("<f4")
 NORM_TOLERANCE = 1e-3
+# Catalogue metadata is a flat record in practice; the limit sits far below the depth at which
+# pydantic refuses to serialise a response (about 250), so a stored track can always be read back.
+MAX_METADATA_DEPTH = 32
 
 
 class StoreError(Exception):
@@ -111,10 +114,24 @@ def metadata_json(metadata: Any) -> str:
     """The metadata as compact JSON; ValueError when it is not a JSON-serialisable dict."""
     if not isinstance(metadata, dict):
         raise ValueError(f"metadata must be a dict, got {type(metadata).__name__}")
+    if _nesting_depth(metadata) > MAX_METADATA_DEPTH:
+        raise ValueError(f"metadata nests more than {MAX_METADATA_DEPTH} objects or lists deep; flatten it")
     try:
         return json.dumps(metadata, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"metadata must be JSON-serialisable: {err}") from None
+        raise ValueError(f"metadata must be standard JSON (strings, finite numbers, booleans, null, lists, "
+                         f"objects): {err}") from None
+
+
+def _nesting_depth(value: Any) -> int:
+    """How deep dicts and lists nest, counted without recursion; stops once past the limit (so cycles end)."""
+    deepest, pending = 0, [(value, 1)]
+    while pending and deepest <= MAX_METADATA_DEPTH:
+        item, depth = pending.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            pending.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def to_blob(array: np.ndarray) -> bytes:

@@ -97,6 +97,10 @@ def test_bad_input_gets_a_clear_4xx_and_loses_nothing(service, tracks):
             (add(client, tracks["tune-1"], track_id="keep"), 409),
             (add(client, tracks["tune-1"], metadata="[1, 2]"), 422),
             (add(client, tracks["tune-1"], metadata="{oops"), 422),
+            (add(client, tracks["tune-1"], metadata='{"bpm": NaN}'), 422),
+            (add(client, tracks["tune-1"], metadata='{"a":' * 300 + "1" + "}" * 300), 422),  # past the limit
+            (add(client, tracks["tune-1"], metadata="[" * 5000), 422),  # past json's recursion limit
+            (add(client, tracks["tune-1"], metadata='{"a": "' + "x" * 70000 + '"}'), 422),
             (add(client, tracks["tune-1"], track_id="bad id with spaces"), 422),
             (client.post("/catalog", files={"file": ("t", tracks["tune-1"])}), 401),
             (client.post("/catalog", files={"file": ("t", tracks["tune-1"])}, headers={"Authorization": "Bearer no"}), 401),

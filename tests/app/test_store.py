@@ -27,6 +27,7 @@ from app.store import (
     TrackRecord,
     open_store,
 )
+from app.store.base import MAX_METADATA_DEPTH
 from app.store.redis import redact_url
 from tests.app.conftest import RedisServer, free_port
 
@@ -357,6 +358,20 @@ def test_concurrent_puts_of_one_track_let_exactly_one_win(store):
     assert (store.count(), store.vector_count()) == (1, 1 + winner)
 
 
+def _nested(depth: int) -> dict:
+    """A dict `depth` objects deep: {"a": {"a": ... {"a": 1}}}."""
+    value: object = 1
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+def test_metadata_as_deep_as_the_limit_is_stored(store):
+    record = with_fields(make_record("deep"), metadata=_nested(MAX_METADATA_DEPTH))
+    store.put(record)
+    assert store.get("deep").metadata == record.metadata
+
+
 def _nan_vectors() -> np.ndarray:
     vectors = make_record("x").vectors.copy()
     vectors[1, 2] = np.nan
@@ -372,6 +387,8 @@ INVALID = {
     "not L2-normalised": dict(vectors=make_record("x").vectors * 2),
     "no vectors": dict(vectors=None, starts_s=None),
     "metadata not JSON": dict(metadata={"when": object()}),
+    "NaN in metadata": dict(metadata={"bpm": float("nan")}),
+    "metadata nested too deep": dict(metadata=_nested(MAX_METADATA_DEPTH + 1)),
     "NaN duration": dict(duration_s=float("nan")),
     "empty track id": dict(track_id=""),
 }

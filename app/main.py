@@ -24,7 +24,7 @@ from app.metrics import CATALOG_TRACKS, INDEX_VECTORS
 from app.pipeline import ClipDurationError, Embedder, identify, ingest, make_record
 from app.settings import Settings, get_settings
 from app.store import StoreError, StoreUnavailable, TrackExists, TrackRecord, open_store
-from app.store.base import MAX_METADATA_DEPTH, metadata_json
+from app.store.base import MAX_METADATA_DEPTH, MAX_PAGE_END, metadata_json
 from models.audio import AudioError
 from models.extractor import load_extractor
 
@@ -163,7 +163,7 @@ def _routes():
     @router.get("/catalog", response_model=schemas.TrackPage)
     def list_tracks(
         catalog: CatalogDep,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_PAGE_END - 1000)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> schemas.TrackPage:
         items = [_track(r) for r in catalog.store.list(offset, limit)]

@@ -24,6 +24,8 @@ NORM_TOLERANCE = 1e-3
 # Catalogue metadata is a flat record in practice; the limit sits far below the depth at which
 # pydantic refuses to serialise a response (about 250), so a stored track can always be read back.
 MAX_METADATA_DEPTH = 32
+# Both backends take page bounds as signed 64-bit integers (SQLite's OFFSET, Redis's ZRANGE); far past any catalogue.
+MAX_PAGE_END = 2**62
 
 
 class StoreError(Exception):
@@ -150,6 +152,8 @@ def from_blob(blob: bytes, n: int, dim: Optional[int] = None) -> np.ndarray:
 def check_page(offset: int, limit: int) -> None:
     if offset < 0 or limit < 0:
         raise ValueError(f"offset and limit must be >= 0, got offset={offset} limit={limit}")
+    if offset + limit > MAX_PAGE_END:
+        raise ValueError(f"offset + limit must be at most {MAX_PAGE_END}, got offset={offset} limit={limit}")
 
 
 class CatalogStore(abc.ABC):

@@ -107,6 +107,7 @@ def test_bad_input_gets_a_clear_4xx_and_loses_nothing(service, tracks):
             (client.delete("/catalog/keep"), 401),
             (client.delete("/catalog/missing", headers=AUTH), 404),
             (client.get("/catalog/missing"), 404),
+            (client.get("/catalog", params={"offset": 2**64}), 422),  # past SQLite's and Redis's 64-bit integers
             (client.post("/identify", files={"file": ("c", tracks["tune-0"])}, params={"top_k": 100000}), 422),
             (client.post("/identify", files={"file": ("c", bytes(4 * 2**20))}), 413),
             (client.post("/identify"), 422),

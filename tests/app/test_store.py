@@ -27,7 +27,7 @@ from app.store import (
     TrackRecord,
     open_store,
 )
-from app.store.base import MAX_METADATA_DEPTH
+from app.store.base import MAX_METADATA_DEPTH, MAX_PAGE_END
 from app.store.redis import redact_url
 from tests.app.conftest import RedisServer, free_port
 
@@ -403,6 +403,13 @@ def test_invalid_record_is_refused_before_any_write(store, fields):
             store.put(record, replace=replace)
     assert store.get(record.track_id) is None
     assert (store.count(), store.vector_count(), store.model_ids()) == (1, 2, {"m1"})
+
+
+def test_page_past_64_bit_bounds_is_refused_and_the_last_allowed_one_is_empty(store):
+    store.put(make_record("only", n=1))
+    with pytest.raises(ValueError, match="at most"):
+        store.list(MAX_PAGE_END, 1)
+    assert store.list(MAX_PAGE_END - 1000, 1000) == []
 
 
 def test_closed_store_refuses_calls_and_fails_ping(store):

@@ -24,12 +24,13 @@ from app.metrics import CATALOG_TRACKS, INDEX_VECTORS
 from app.pipeline import ClipDurationError, Embedder, identify, ingest, make_record
 from app.settings import Settings, get_settings
 from app.store import StoreError, StoreUnavailable, TrackExists, TrackRecord, open_store
-from app.store.base import MAX_METADATA_DEPTH, MAX_PAGE_END, metadata_json
+from app.store.base import MAX_PAGE_END, METADATA_TOO_DEEP, metadata_json
 from models.audio import AudioError
 from models.extractor import load_extractor
 
 log = logging.getLogger("coverid")
 METADATA_MAX_CHARS = 65536  # a catalogue record (ISRC, labels, links), not a document store
+PAGE_MAX_LIMIT = 1000  # tracks per GET /catalog page
 
 
 @asynccontextmanager
@@ -163,8 +164,8 @@ def _routes():
     @router.get("/catalog", response_model=schemas.TrackPage)
     def list_tracks(
         catalog: CatalogDep,
-        offset: Annotated[int, Query(ge=0, le=MAX_PAGE_END - 1000)] = 0,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0, le=MAX_PAGE_END - PAGE_MAX_LIMIT)] = 0,
+        limit: Annotated[int, Query(ge=1, le=PAGE_MAX_LIMIT)] = 100,
     ) -> schemas.TrackPage:
         items = [_track(r) for r in catalog.store.list(offset, limit)]
         return schemas.TrackPage(total=catalog.store.count(), offset=offset, limit=limit, items=items)
@@ -237,9 +238,8 @@ def _metadata(text: Optional[str]) -> dict:
         value = json.loads(text)
     except json.JSONDecodeError as err:
         raise HTTPException(422, f"metadata must be a JSON object: {err.msg} at position {err.pos}") from None
-    except RecursionError:
-        raise HTTPException(422, f"metadata nests more than {MAX_METADATA_DEPTH} objects or lists deep; "
-                                 "flatten it") from None
+    except RecursionError:  # far deeper than the store's limit: the same answer
+        raise HTTPException(422, METADATA_TOO_DEEP) from None
     if not isinstance(value, dict):
         raise HTTPException(422, f"metadata must be a JSON object, not {type(value).__name__}")
     try:

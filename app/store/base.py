@@ -24,6 +24,7 @@ NORM_TOLERANCE = 1e-3
 # Catalogue metadata is a flat record in practice; the limit sits far below the depth at which
 # pydantic refuses to serialise a response (about 250), so a stored track can always be read back.
 MAX_METADATA_DEPTH = 32
+METADATA_TOO_DEEP = f"metadata nests more than {MAX_METADATA_DEPTH} objects or lists deep; flatten it"
 # Both backends take page bounds as signed 64-bit integers (SQLite's OFFSET, Redis's ZRANGE); far past any catalogue.
 MAX_PAGE_END = 2**62
 
@@ -117,7 +118,7 @@ def metadata_json(metadata: Any) -> str:
     if not isinstance(metadata, dict):
         raise ValueError(f"metadata must be a dict, got {type(metadata).__name__}")
     if _nesting_depth(metadata) > MAX_METADATA_DEPTH:
-        raise ValueError(f"metadata nests more than {MAX_METADATA_DEPTH} objects or lists deep; flatten it")
+        raise ValueError(METADATA_TOO_DEEP)
     try:
         return json.dumps(metadata, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as err:

@@ -19,6 +19,7 @@ from models.dataset import BatchPlan
 from models.evaluation import QUERY_SECONDS
 from models.extractor import ArtifactError, export_extractor, load_extractor
 from models.network import ResNetIBN
+from models.recording_list import RecordingListError
 from models.synth import random_tune, render_notes
 
 
@@ -88,28 +89,54 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _csv_recordings(table: Path, cache: Path, config: ExtractorConfig):
+    """Recordings of a `work_id,performance_id,path` list, as whole-track CQTs from the shared front end (cached)."""
+    from models.evaluation import Recording
+    from models.frontend import FrontEnd
+    from models.recording_list import cached_features, cqt_feature_key, read_recording_list
+
+    listed = read_recording_list(table)
+    spectrograms = cached_features(listed, FrontEnd(config).eval().spectrogram, config.sample_rate,
+                                   cache / "features", cqt_feature_key(config), _progress_line("features", with_failures=False))
+    return [Recording(rec.performance_id, rec.work_id, torch.from_numpy(spec)) for rec, spec in zip(listed, spectrograms)]
+
+
+def _service_index(dim: int, k_neighbours: int):
+    """The first stage as the service builds it (its HNSW M and ef), with the evaluation's K."""
+    from index.local_index import LocalIndex
+
+    settings = get_settings()
+    return LocalIndex(dim, k_neighbours=k_neighbours, ef_search=settings.ef_search, m=settings.hnsw_m)
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from models.chroma_baseline import chroma_2dftm
     from models.evaluation import evaluate, write_report
     from models.train import artifact_embedder
 
     torch.set_num_threads(args.threads)
-    recordings = _valid_recordings(args.cache, args.limit_works, args.data)
+    k_neighbours = args.k or get_settings().k_neighbours
     embedders = {}
     for spec in args.model:
         name, _, path = spec.partition("=")
         embedders[name] = artifact_embedder(load_extractor(path, "cpu").module)
     if args.chroma:
         embedders["2DFTM chroma (no learning)"] = chroma_2dftm
+    if args.csv:
+        recordings = _csv_recordings(args.csv, args.cache, ExtractorConfig())
+    else:
+        recordings = _valid_recordings(args.cache, args.limit_works, args.data)
     results = {}
-    for previous in args.include:  # results computed earlier with the same protocol (same cache and seed)
+    for previous in args.include:  # results computed earlier with the same protocol (same recordings and seed)
         results.update(json.loads(previous.read_text()))
     for name, embed in embedders.items():
         if args.query_shift:
             name = f"{name}, queries {args.query_shift:+d} semitones"
         print(f"evaluating {name} on {len(recordings)} recordings", file=sys.stderr, flush=True)
-        results[name] = evaluate(embed, recordings, args.seed, k_neighbours=args.k, exhaustive=not args.two_stage_only,
-                                 lengths=args.lengths, query_shift=args.query_shift)
+        results[name] = evaluate(embed, recordings, args.seed, k_neighbours=k_neighbours, exhaustive=not args.two_stage_only,
+                                 lengths=args.lengths, query_shift=args.query_shift, index_factory=_service_index,
+                                 clips_per_length=args.clips_per_length)
+        results[name]["protocol"]["recordings_from"] = str(args.csv) if args.csv else f"{args.cache} (valid split)"
     written = write_report(results, args.out)
     print(Path(written["markdown"]).read_text())
     return 0
@@ -134,13 +161,14 @@ def _cmd_demo_audio(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress_line(label: str):
-    """A progress callback printing one updating line to stderr."""
+def _progress_line(label: str, with_failures: bool = True):
+    """A progress callback printing one updating line to stderr: report(done, total[, failed])."""
     started = time.monotonic()
 
-    def report(done: int, total: int, failed: int) -> None:
+    def report(done: int, total: int, failed: int = 0) -> None:
         elapsed = time.monotonic() - started
-        print(f"\r{label}: {done}/{total} ({failed} failed) {elapsed:.0f} s", end="" if done < total else "\n",
+        failures = f" ({failed} failed)" if with_failures else ""
+        print(f"\r{label}: {done}/{total}{failures} {elapsed:.0f} s", end="" if done < total else "\n",
               file=sys.stderr, flush=True)
 
     return report
@@ -288,18 +316,25 @@ def build_parser() -> argparse.ArgumentParser:
     trainer.add_argument("--seed", type=int, default=0)
     trainer.set_defaults(run=_cmd_train)
 
-    evaluation = commands.add_parser("evaluate", help="the paper's protocol on the validation split")
-    evaluation.add_argument("--cache", type=Path, default=Path("cache/corpus"))
+    evaluation = commands.add_parser("evaluate", help="the paper's protocol on the validation split or a list of recordings")
+    evaluation.add_argument("--csv", type=Path, help="evaluate on the recordings of this work_id,performance_id,path "
+                            "list (paths relative to it) instead of the rendered validation split")
+    evaluation.add_argument("--cache", type=Path, default=Path("cache/corpus"),
+                            help="rendered corpus cache; with --csv, where the recordings' features are cached")
     evaluation.add_argument("--data", type=Path, default=DATA, help="folder holding asap/ (its metadata names the pieces)")
     evaluation.add_argument("--model", action="append", default=[], help="NAME=PATH of an extractor artifact")
     evaluation.add_argument("--chroma", action="store_true", help="add the no-learning 2DFTM baseline")
     evaluation.add_argument("--out", type=Path, required=True)
     evaluation.add_argument("--include", type=Path, action="append", default=[],
                             help="an evaluation.json from an earlier run to add to the report")
-    evaluation.add_argument("--k", type=int, default=50, help="HNSW neighbours per query chunk")
+    evaluation.add_argument("--k", type=int,
+                            help="HNSW neighbours per query chunk (default: the service's, COVERID_K_NEIGHBOURS; "
+                            "the paper's is 50)")
     evaluation.add_argument("--two-stage-only", action="store_true")
     evaluation.add_argument("--lengths", type=float, nargs="+", default=list(QUERY_SECONDS),
                             help="clip lengths in seconds (the full track is always a query)")
+    evaluation.add_argument("--clips-per-length", type=int, default=1,
+                            help="clips cut per recording and length (the paper: 1; more shrink the noise of a small set)")
     evaluation.add_argument("--query-shift", type=int, default=0,
                             help="transpose every query by this many semitones (tests key invariance)")
     evaluation.add_argument("--limit-works", type=int)
@@ -344,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (AudioError, ArtifactError) as err:
+    except (AudioError, ArtifactError, RecordingListError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -8,7 +8,6 @@ one length, so every group stacks into one network call without padding.
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.audio import decode_audio
 from models.config import ExtractorConfig
 from models.frontend import FrontEnd, shift_bins
+from models.recording_list import cached_features, cqt_feature_key, read_recording_list
 
 
 @dataclass
@@ -64,18 +63,12 @@ class FeatureCorpus:
     def from_csv(cls, table: Path, config: ExtractorConfig, cache: Path) -> "FeatureCorpus":
         """Real recordings listed as `work_id,performance_id,path` (SHS100K-style); CQTs cached under `cache`."""
         frontend = FrontEnd(config).eval()
+        listed = read_recording_list(table)
+        spectrograms = cached_features(listed, frontend.spectrogram, config.sample_rate, cache / "features",
+                                       cqt_feature_key(config))
         grouped: dict[str, list[np.ndarray]] = {}
-        with open(table, newline="") as handle:
-            for row in csv.DictReader(handle):
-                target = cache / "csv" / row["work_id"] / f"{row['performance_id']}.npy"
-                if not target.exists():
-                    audio_path = (table.parent / row["path"]).resolve()
-                    waveform = decode_audio(audio_path, config.sample_rate)
-                    with torch.inference_mode():
-                        spec = frontend.spectrogram(waveform).numpy().astype(np.float16)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    np.save(target, spec)
-                grouped.setdefault(row["work_id"], []).append(np.load(target))
+        for rec, spec in zip(listed, spectrograms):
+            grouped.setdefault(rec.work_id, []).append(spec)
         return cls(sorted(grouped), [grouped[w] for w in sorted(grouped)])
 
 

@@ -85,10 +85,12 @@ def clip_frames(seconds: float, frame_seconds: float) -> int:
     return int(round(seconds / frame_seconds))
 
 
-def _recording_rng(seed: int, recording_id: str) -> np.random.Generator:
+def _recording_rng(seed: int, recording_id: str, draw: int = 0) -> np.random.Generator:
     # seeded per recording (crc32 is stable across processes, unlike hash()),
-    # so adding or reordering recordings does not move any other clip
-    return np.random.default_rng([seed, zlib.crc32(recording_id.encode())])
+    # so adding or reordering recordings does not move any other clip; draw 0 is the paper's one clip
+    # per length, and extra draws come from streams of their own, so they never move draw 0's clips
+    key = [seed, zlib.crc32(recording_id.encode())]
+    return np.random.default_rng(key if draw == 0 else [*key, draw])
 
 
 def build_queries(
@@ -96,24 +98,29 @@ def build_queries(
     seed: int,
     frame_seconds: Optional[float] = None,
     lengths: Sequence[float] = QUERY_SECONDS,
+    clips_per_length: int = 1,
 ) -> list[Query]:
-    """Per recording: the full track, then one clip of each length at a seeded random frame.
+    """Per recording: the full track, then `clips_per_length` clips of each length at seeded random frames.
 
-    A clip longer than its recording is skipped (see `skipped_clips`).
+    The paper cuts one clip per length; more clips shrink the sampling noise of a small set (80 real
+    recordings). A clip longer than its recording is skipped (see `skipped_clips`).
     """
+    if clips_per_length < 1:
+        raise ValueError(f"clips_per_length must be at least 1, got {clips_per_length}")
     frame_seconds = ExtractorConfig().frame_seconds if frame_seconds is None else frame_seconds
     queries: list[Query] = []
     for rec in recordings:
         total = rec.spectrogram.shape[-1]
         queries.append(Query(rec.recording_id, rec.work_id, FULL, 0, rec.spectrogram))
-        rng = _recording_rng(seed, rec.recording_id)
-        for seconds in lengths:
-            n = clip_frames(seconds, frame_seconds)
-            if n > total:
-                continue
-            start = int(rng.integers(0, total - n + 1))
-            clip = rec.spectrogram[:, start : start + n]
-            queries.append(Query(rec.recording_id, rec.work_id, f"{seconds:g}", start, clip))
+        for draw in range(clips_per_length):
+            rng = _recording_rng(seed, rec.recording_id, draw)
+            for seconds in lengths:
+                n = clip_frames(seconds, frame_seconds)
+                if n > total:
+                    continue
+                start = int(rng.integers(0, total - n + 1))
+                clip = rec.spectrogram[:, start : start + n]
+                queries.append(Query(rec.recording_id, rec.work_id, f"{seconds:g}", start, clip))
     return queries
 
 
@@ -197,6 +204,7 @@ def evaluate(
     frame_seconds: Optional[float] = None,
     lengths: Sequence[float] = QUERY_SECONDS,
     query_shift: int = 0,
+    clips_per_length: int = 1,
 ) -> dict:
     """Run the protocol with `embed` ((bins, frames) -> (N, D); a global model returns N = 1).
 
@@ -230,7 +238,7 @@ def evaluate(
     aps = {m: defaultdict(list) for m in methods}
     ranks = {m: defaultdict(list) for m in methods}
     without_relevant = 0
-    for query in build_queries(recordings, seed, frame_seconds, lengths):
+    for query in build_queries(recordings, seed, frame_seconds, lengths, clips_per_length):
         keep = np.arange(len(ids)) != positions[query.recording_id]  # the source is never in the ranking
         relevant = (works == query.work_id)[keep]
         if not relevant.any():
@@ -259,6 +267,7 @@ def evaluate(
         "skipped_clips": skipped_clips(recordings, frame_seconds),
         "without_relevant": without_relevant,
         "query_shift": query_shift,
+        "clips_per_length": clips_per_length,
     }
     return results
 

@@ -202,6 +202,22 @@ def test_clip_positions_do_not_depend_on_the_other_recordings():
     assert all(starts_all[key] == start for key, start in starts_one.items())
 
 
+def test_extra_clips_per_length_keep_the_first_draw_and_add_others():
+    recs = toy_recordings(works=3)
+    one = build_queries(recs, seed=1, lengths=(6, 10))
+    three = build_queries(recs, seed=1, lengths=(6, 10), clips_per_length=3)
+    assert sum(q.length == "6" for q in three) == 3 * sum(q.length == "6" for q in one)
+    assert sum(q.length == "full" for q in three) == len(recs)  # the full track is one query whatever the draws
+    first = {(q.recording_id, q.length): q.start_frame for q in one}
+    drawn: dict = {}
+    for q in three:
+        drawn.setdefault((q.recording_id, q.length), []).append(q.start_frame)
+    assert all(drawn[key][0] == start for key, start in first.items())
+    assert any(len(set(starts)) > 1 for key, starts in drawn.items() if key[1] != "full")
+    with pytest.raises(ValueError, match="at least 1"):
+        build_queries(recs, seed=1, clips_per_length=0)
+
+
 # -- evaluate ----------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ import torch
 
 from app.settings import get_settings
 from models.audio import AudioError
-from models.config import ExtractorConfig
+from models.config import FEATURES, ExtractorConfig
 from models.dataset import BatchPlan
 from models.evaluation import QUERY_SECONDS
 from models.extractor import ArtifactError, export_extractor, load_extractor
@@ -67,13 +67,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from models.train import TrainConfig, global_config, train, validation_callback
 
     torch.set_num_threads(args.threads)
-    config = ExtractorConfig(width=args.width, time_pool=args.time_pool)
+    config = ExtractorConfig(width=args.width, time_pool=args.time_pool, features=args.features, log_gain=args.log_gain)
     if args.global_model:
         config = global_config(config)
     if args.csv:  # real recordings: work_id,performance_id,path
         corpus = FeatureCorpus.from_csv(args.csv, config, args.cache)
     else:
-        corpus = FeatureCorpus.concat([FeatureCorpus.from_cache(cache, "train", limit_works=args.limit_works)
+        corpus = FeatureCorpus.concat([FeatureCorpus.from_cache(cache, "train", limit_works=args.limit_works, expect=config)
                                        for cache in [args.cache, *args.extra_cache]])
     print(f"training on {corpus.summary()} -> {args.run_dir}", file=sys.stderr)
     plan = BatchPlan(works_per_batch=args.works_per_batch, versions_per_work=args.versions_per_work,
@@ -89,15 +89,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _csv_recordings(table: Path, cache: Path, config: ExtractorConfig):
-    """Recordings of a `work_id,performance_id,path` list, as whole-track CQTs from the shared front end (cached)."""
+def _csv_recordings(table: Path, cache: Path, config: ExtractorConfig, spectrogram=None):
+    """Recordings of a `work_id,performance_id,path` list as whole-track features of `config`'s front end (cached).
+
+    `spectrogram` computes them (an artifact's own front end); by default the shared FrontEnd built from `config`.
+    """
     from models.evaluation import Recording
     from models.frontend import FrontEnd
-    from models.recording_list import cached_features, cqt_feature_key, read_recording_list
+    from models.recording_list import cached_features, feature_key, read_recording_list
 
     listed = read_recording_list(table)
-    spectrograms = cached_features(listed, FrontEnd(config).eval().spectrogram, config.sample_rate,
-                                   cache / "features", cqt_feature_key(config), _progress_line("features", with_failures=False))
+    spectrogram = spectrogram or FrontEnd(config).eval().spectrogram
+    label = f"{config.features} features"
+    spectrograms = cached_features(listed, spectrogram, config.sample_rate, cache / "features", feature_key(config),
+                                   _progress_line(label, with_failures=False))
     return [Recording(rec.performance_id, rec.work_id, torch.from_numpy(spec)) for rec, spec in zip(listed, spectrograms)]
 
 
@@ -110,26 +115,36 @@ def _service_index(dim: int, k_neighbours: int):
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from models.chroma_baseline import chroma_2dftm
+    from models.chroma_baseline import chroma_2dftm, pitch_2dftm
     from models.evaluation import evaluate, write_report
     from models.train import artifact_embedder
 
     torch.set_num_threads(args.threads)
     k_neighbours = args.k or get_settings().k_neighbours
-    embedders = {}
+    methods = []  # (name, front-end config, the front end's spectrogram or None for the shared one, embed)
     for spec in args.model:
         name, _, path = spec.partition("=")
-        embedders[name] = artifact_embedder(load_extractor(path, "cpu").module)
+        loaded = load_extractor(path, "cpu")
+        methods.append((name, loaded.config, loaded.module.frontend.spectrogram, artifact_embedder(loaded.module)))
     if args.chroma:
-        embedders["2DFTM chroma (no learning)"] = chroma_2dftm
-    if args.csv:
-        recordings = _csv_recordings(args.csv, args.cache, ExtractorConfig())
-    else:
-        recordings = _valid_recordings(args.cache, args.limit_works, args.data)
+        methods.append(("2DFTM chroma (no learning)", ExtractorConfig(), None, chroma_2dftm))
+    if args.pitch_chroma:
+        methods.append(("2DFTM basic-pitch chroma (no learning)", ExtractorConfig(features="pitch"), None, pitch_2dftm))
     results = {}
     for previous in args.include:  # results computed earlier with the same protocol (same recordings and seed)
         results.update(json.loads(previous.read_text()))
-    for name, embed in embedders.items():
+    recordings_by_front_end: dict = {}
+    for name, config, spectrogram, embed in methods:
+        key = json.dumps(config.front_end_settings(), sort_keys=True)
+        if key not in recordings_by_front_end:
+            if args.csv:
+                recordings_by_front_end[key] = _csv_recordings(args.csv, args.cache, config, spectrogram)
+            elif config.features == "cqt":
+                recordings_by_front_end[key] = _valid_recordings(args.cache, args.limit_works, args.data)
+            else:
+                raise RecordingListError(f"{name}: the rendered validation cache holds CQTs; evaluate {config.features} "
+                                         "features on a --csv list of recordings")
+        recordings = recordings_by_front_end[key]
         if args.query_shift:
             name = f"{name}, queries {args.query_shift:+d} semitones"
         print(f"evaluating {name} on {len(recordings)} recordings", file=sys.stderr, flush=True)
@@ -137,6 +152,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                                  lengths=args.lengths, query_shift=args.query_shift, index_factory=_service_index,
                                  clips_per_length=args.clips_per_length)
         results[name]["protocol"]["recordings_from"] = str(args.csv) if args.csv else f"{args.cache} (valid split)"
+        results[name]["protocol"]["features"] = config.features
     written = write_report(results, args.out)
     print(Path(written["markdown"]).read_text())
     return 0
@@ -184,7 +200,8 @@ def _cmd_corpus(args: argparse.Namespace) -> int:
     if "train" in args.splits:
         works += pop909_works(args.data / "pop909")[: args.pop909_works] + procedural_works(args.procedural, args.seed)
     jobs = plan_jobs(works, args.versions, args.seed, args.seconds)
-    done, errors = build(jobs, args.cache, ExtractorConfig(), args.workers, _progress_line("rendering"))
+    done, errors = build(jobs, args.cache, ExtractorConfig(features=args.features), args.workers,
+                         _progress_line("rendering"))
     for error in errors[:20]:
         print(f"skipped: {error}", file=sys.stderr)
     print(f"{done} of {len(jobs)} versions cached in {args.cache} ({len(errors)} failed)")
@@ -288,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("--seconds", type=float, default=75.0, help="cap on a version's rendered length")
     corpus.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     corpus.add_argument("--seed", type=int, default=0)
+    corpus.add_argument("--features", choices=sorted(FEATURES), default="cqt",
+                        help="what to cache per version: the CQT, or basic-pitch's note posteriors (pitch)")
     corpus.set_defaults(run=_cmd_corpus)
 
     trainer = commands.add_parser("train", help="train with the local alignment loss on the cached corpus")
@@ -301,6 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     trainer.add_argument("--steps", type=int, default=1200)
     trainer.add_argument("--lr", type=float, default=1e-3)
     trainer.add_argument("--width", type=int, default=16)
+    trainer.add_argument("--features", choices=sorted(FEATURES), default="cqt",
+                         help="network input; the caches must hold the same features (coverid corpus --features)")
+    trainer.add_argument("--log-gain", type=float, default=ExtractorConfig.log_gain,
+                         help="per-chunk compression log1p(gain * x) / log1p(gain) of the max-normalised input")
     trainer.add_argument("--time-pool", type=int, default=ExtractorConfig.time_pool)
     trainer.add_argument("--proxy-length", type=int, default=4)
     trainer.add_argument("--works-per-batch", type=int, default=16)
@@ -324,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--data", type=Path, default=DATA, help="folder holding asap/ (its metadata names the pieces)")
     evaluation.add_argument("--model", action="append", default=[], help="NAME=PATH of an extractor artifact")
     evaluation.add_argument("--chroma", action="store_true", help="add the no-learning 2DFTM baseline")
+    evaluation.add_argument("--pitch-chroma", action="store_true",
+                            help="add 2DFTM on basic-pitch's note posteriors folded to pitch classes (no learning "
+                            "beyond the pretrained pitch model; --csv only)")
     evaluation.add_argument("--out", type=Path, required=True)
     evaluation.add_argument("--include", type=Path, action="append", default=[],
                             help="an evaluation.json from an earlier run to add to the report")

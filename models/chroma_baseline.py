@@ -22,12 +22,17 @@ spectrum of the short excerpt, not a spectrum of invented repetitions.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from models.basic_pitch import fold_to_pitch_class
 from models.config import ExtractorConfig
 from models.frontend import pool_time
+
+Fold = Callable[[Tensor], Tensor]  # (bins, frames) -> (12, frames), row 0 is C
 
 _CONFIG = ExtractorConfig()
 FRAMES_PER_SECOND = 2.5  # target chroma rate after pooling
@@ -48,9 +53,14 @@ def fold_to_chroma(spectrogram: Tensor, bins_per_octave: int = CHROMA_BINS) -> T
     return spectrogram.float().reshape(bins // bins_per_octave, bins_per_octave, frames).sum(dim=0)
 
 
-def chroma_frames(spectrogram: Tensor, pool: int = POOL, power: float = POWER) -> Tensor:
+def fold_notes_to_chroma(notes: Tensor) -> Tensor:
+    """(88, frames) note posteriors (MIDI 21..108, the "pitch" features) -> (12, frames), row 0 is C."""
+    return fold_to_pitch_class(notes.float().t()).t()
+
+
+def chroma_frames(spectrogram: Tensor, pool: int = POOL, power: float = POWER, fold: Fold = fold_to_chroma) -> Tensor:
     """(bins, frames) CQT -> (12, T) pooled chroma, each frame scaled to max 1, then raised to `power`."""
-    chroma = pool_time(fold_to_chroma(spectrogram).unsqueeze(0), pool)[0]
+    chroma = pool_time(fold(spectrogram).unsqueeze(0), pool)[0]
     peak = chroma.amax(dim=0, keepdim=True)
     # a silent frame says nothing about pitch: make it flat rather than zero, so even an all-silent
     # clip gets a non-zero vector (the index refuses zero vectors)
@@ -66,10 +76,18 @@ def patch_2dftm(chroma: Tensor, patch: int = PATCH_FRAMES, hop: int = PATCH_HOP)
     return torch.fft.fft2(patches).abs().flatten(start_dim=1)
 
 
-def chroma_2dftm(spectrogram: Tensor) -> Tensor:
-    """(84, frames) raw CQT magnitude -> (1, 900) L2-normalised 2DFTM vector (median over patches)."""
+def chroma_2dftm(spectrogram: Tensor, fold: Fold = fold_to_chroma) -> Tensor:
+    """(84, frames) raw CQT magnitude -> (1, 900) L2-normalised 2DFTM vector (median over patches).
+
+    With `fold=fold_notes_to_chroma` it takes the (88, frames) "pitch" features instead (see `pitch_2dftm`).
+    """
     if spectrogram.dim() != 2 or spectrogram.shape[1] < 1:
         raise ValueError(f"expected a (bins, frames) spectrogram with frames >= 1, got {tuple(spectrogram.shape)}")
-    magnitudes = patch_2dftm(chroma_frames(spectrogram))
+    magnitudes = patch_2dftm(chroma_frames(spectrogram, fold=fold))
     vector = magnitudes.median(dim=0).values
     return F.normalize(vector, dim=0).unsqueeze(0)
+
+
+def pitch_2dftm(notes: Tensor) -> Tensor:
+    """(88, frames) basic-pitch note posteriors on the CQT grid -> (1, 900): 2DFTM on a learnt pitch-class profile."""
+    return chroma_2dftm(notes, fold=fold_notes_to_chroma)

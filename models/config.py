@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 
 FORMAT_VERSION = 1  # bump when the meaning of a field changes
+FEATURES = {"cqt": 84, "pitch": 88}  # network input kinds and their bins (pitch: MIDI 21..108, one per semitone)
+FRONT_END_FIELDS = ("features", "sample_rate", "cqt_bins", "cqt_bins_per_octave", "cqt_fmin", "cqt_hop", "cqt_window")
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,10 @@ class ExtractorConfig:
     cqt_fmin: float = 32.70
     cqt_hop: int = 512
     cqt_window: str = "hann"
+    # what the network sees, on the CQT's frame grid: "cqt" (the paper's log-CQT) or "pitch" (basic-pitch's
+    # note posteriorgram, a pitch salience learnt from real recordings, so timbre matters far less;
+    # see models/basic_pitch.py and the model card)
+    features: str = "cqt"
     # average-pooling factor along time after the CQT; the paper says 100,
     # ByteCover/CQTNet use 20. Chosen by validation (see the model card).
     time_pool: int = 20
@@ -52,6 +58,8 @@ class ExtractorConfig:
             problems.append(f"cqt_hop={self.cqt_hop} must be divisible by 2**(octaves-1)={2 ** (self.n_octaves - 1)}")
         if not 0 < self.hop_seconds <= self.chunk_seconds:
             problems.append(f"hop_seconds={self.hop_seconds} must be in (0, chunk_seconds={self.chunk_seconds}]")
+        if self.features not in FEATURES:
+            problems.append(f"features={self.features!r} must be one of {sorted(FEATURES)}")
         if self.time_pool < 1:
             problems.append(f"time_pool={self.time_pool} must be >= 1")
         if self.width < 4 or self.width % 2:
@@ -75,6 +83,15 @@ class ExtractorConfig:
     def frames_per_chunk(self) -> int:
         """CQT frames of one full chunk: what a centred CQT of a lone 20 s chunk yields."""
         return math.floor(self.chunk_seconds * self.sample_rate) // self.cqt_hop + 1
+
+    @property
+    def input_bins(self) -> int:
+        """Rows of the network input: CQT bins, or 88 notes for the pitch features."""
+        return self.cqt_bins if self.features == "cqt" else FEATURES[self.features]
+
+    def front_end_settings(self) -> dict:
+        """The settings that decide `FrontEnd.spectrogram`'s output: caches of it are keyed by these."""
+        return {key: getattr(self, key) for key in FRONT_END_FIELDS}
 
     @property
     def hop_frames(self) -> float:

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from models.config import ExtractorConfig
 from models.frontend import FrontEnd, shift_bins
-from models.recording_list import cached_features, cqt_feature_key, read_recording_list
+from models.recording_list import cached_features, feature_key, read_recording_list
 
 
 @dataclass
@@ -46,7 +46,11 @@ class FeatureCorpus:
         return cls(work_ids, [v for c in corpora for v in c.versions])
 
     @classmethod
-    def from_cache(cls, cache: Path, split: str, limit_works: Optional[int] = None, min_versions: int = 1) -> "FeatureCorpus":
+    def from_cache(cls, cache: Path, split: str, limit_works: Optional[int] = None, min_versions: int = 1,
+                   expect: Optional[ExtractorConfig] = None) -> "FeatureCorpus":
+        """The cached versions of `split`; with `expect`, a cache of another front end's features is refused."""
+        if expect is not None:
+            check_front_end(cache, expect)
         work_ids, versions = [], []
         for folder in sorted((cache / split).iterdir()):
             files = sorted(folder.glob("v*.npy"))
@@ -65,11 +69,23 @@ class FeatureCorpus:
         frontend = FrontEnd(config).eval()
         listed = read_recording_list(table)
         spectrograms = cached_features(listed, frontend.spectrogram, config.sample_rate, cache / "features",
-                                       cqt_feature_key(config))
+                                       feature_key(config))
         grouped: dict[str, list[np.ndarray]] = {}
         for rec, spec in zip(listed, spectrograms):
             grouped.setdefault(rec.work_id, []).append(spec)
         return cls(sorted(grouped), [grouped[w] for w in sorted(grouped)])
+
+
+def check_front_end(cache: Path, config: ExtractorConfig) -> None:
+    """Refuse a corpus cache whose features another front end made (its frontend.json, written by `coverid corpus`)."""
+    marker = cache / "frontend.json"
+    if not marker.exists():
+        raise ValueError(f"{marker} is missing; build the cache with `coverid corpus --cache {cache}`")
+    stored = {"features": "cqt", **json.loads(marker.read_text())}  # caches from before the pitch features
+    stored.pop("corpus_format", None)
+    if stored != config.front_end_settings():
+        raise ValueError(f"cache {cache} holds features of {stored}, the model needs {config.front_end_settings()}; "
+                         f"build a cache with `coverid corpus --features {config.features}`")
 
 
 @dataclass(frozen=True)

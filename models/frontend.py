@@ -1,4 +1,4 @@
-"""The one front end: waveform -> CQT -> 20 s chunks -> pooled, normalised network input.
+"""The one front end: waveform -> CQT (or note posteriors) -> 20 s chunks -> pooled, normalised network input.
 
 Training, evaluation and the service all go through `FrontEnd`. The CQT is
 computed once per track and the chunks are cut from it on its frame grid
@@ -14,6 +14,10 @@ Chunking rule (ByteCover3 section 2.1, extended for short queries):
 Each chunk carries its start time in seconds (a multiple of the CQT hop,
 within half a frame, 12 ms, of the nominal 0, 10, 20, ... s).
 
+Features (`ExtractorConfig.features`): "cqt" is the paper's CQT magnitude; "pitch" is basic-pitch's
+note posteriorgram (models/basic_pitch.py, trained on real recordings) resampled to the CQT's frame
+grid, so chunking, pooling and clip positions are the same for both.
+
 Normalisation: each chunk is divided by its own maximum (loudness invariance)
 and compressed with log1p(gain * x) / log1p(gain), which maps it to [0, 1].
 """
@@ -25,8 +29,9 @@ from typing import List, Tuple
 import torch
 from torch import Tensor, nn
 
+from models.basic_pitch import BasicPitch, load_basic_pitch
 from models.config import ExtractorConfig
-from models.cqt import MultiRateCQT
+from models.cqt import MultiRateCQT, cqt_frames
 
 
 def chunk_starts(n_frames: int, chunk_frames: int, hop_frames: float) -> List[int]:
@@ -75,17 +80,38 @@ def normalise(chunks: Tensor, log_gain: float) -> Tensor:
     return torch.log1p(log_gain * chunks / peak) / torch.log1p(torch.tensor(log_gain))
 
 
+class PitchSalience(nn.Module):
+    """(samples,) -> (88, frames) basic-pitch note posteriors on the CQT's frame grid (hop `cqt_hop`).
+
+    basic-pitch frames come every 256 samples; each output frame is the max of the three centred on
+    its sample (frame j: samples 512 j - 256, 512 j, 512 j + 256), so a short note is not averaged away.
+    """
+
+    def __init__(self, model: BasicPitch, hop: int):
+        super().__init__()
+        if hop != 2 * model.hop:
+            raise ValueError(f"pitch features need cqt_hop = {2 * model.hop} (twice basic-pitch's hop), got {hop}")
+        self.model = model
+        self.hop = hop
+
+    def forward(self, waveform: Tensor) -> Tensor:
+        notes = self.model(waveform).notes.t()  # (88, waveform frames at hop 256)
+        pooled = torch.nn.functional.max_pool1d(notes.unsqueeze(0), 3, stride=2, padding=1)[0]
+        return pooled[:, : cqt_frames(waveform.shape[-1], self.hop)]
+
+
+def features_module(config: ExtractorConfig) -> nn.Module:
+    """The whole-track representation `config.features` names: (samples,) -> (input_bins, frames)."""
+    if config.features == "pitch":
+        return PitchSalience(load_basic_pitch(), config.cqt_hop)
+    return MultiRateCQT(config.sample_rate, config.cqt_hop, config.cqt_fmin, config.cqt_bins,
+                        config.cqt_bins_per_octave, config.cqt_window)
+
+
 class FrontEnd(nn.Module):
     def __init__(self, config: ExtractorConfig):
         super().__init__()
-        self.cqt = MultiRateCQT(
-            config.sample_rate,
-            config.cqt_hop,
-            config.cqt_fmin,
-            config.cqt_bins,
-            config.cqt_bins_per_octave,
-            config.cqt_window,
-        )
+        self.features = features_module(config)
         self.chunk_frames = config.frames_per_chunk
         self.hop_frames = config.hop_frames
         self.frame_seconds = config.frame_seconds
@@ -98,8 +124,8 @@ class FrontEnd(nn.Module):
 
     @torch.jit.export
     def spectrogram(self, waveform: Tensor) -> Tensor:
-        """(samples,) -> (bins, frames) CQT magnitude of the whole track."""
-        return self.cqt(waveform)
+        """(samples,) -> (bins, frames) CQT magnitude (or note posteriors) of the whole track."""
+        return self.features(waveform)
 
     @torch.jit.export
     def chunk(self, spectrogram: Tensor) -> Tuple[Tensor, Tensor]:

@@ -6,7 +6,7 @@ recording is decoded by the project's own decoder and turned into features by
 a caller-given function (the front end's whole-track CQT, or another
 representation); the features, not the audio, are cached as float16 `.npy`
 under `cache / feature_key`, so a rerun skips decoding. `feature_key` must
-change whenever the function's output would (see `cqt_feature_key`).
+change whenever the function's output would (see `feature_key`).
 """
 
 from __future__ import annotations
@@ -70,12 +70,10 @@ def read_recording_list(table: str | os.PathLike) -> list[ListedRecording]:
     return listed
 
 
-def cqt_feature_key(config: ExtractorConfig) -> str:
-    """Cache key of the front end's whole-track CQT: changes with every setting that changes it."""
-    fields = {k: getattr(config, k) for k in ("sample_rate", "cqt_bins", "cqt_bins_per_octave", "cqt_fmin",
-                                              "cqt_hop", "cqt_window")}
-    digest = hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
-    return f"cqt-{digest}"
+def feature_key(config: ExtractorConfig) -> str:
+    """Cache key of the front end's whole-track features: changes with every setting that changes them."""
+    digest = hashlib.sha1(json.dumps(config.front_end_settings(), sort_keys=True).encode()).hexdigest()[:12]
+    return f"{config.features}-{digest}"
 
 
 def _source_tag(path: Path) -> str:

@@ -3,7 +3,7 @@
 Layout: <cache>/<split>/<work_id>/v<NN>.npy (bins x frames) with a .json sidecar
 holding the version's plan. A job whose .npy exists is skipped, and every file
 is written to a temporary name and renamed, so an interrupted build resumes
-where it stopped. <cache>/frontend.json records the CQT settings; a cache built
+where it stopped. <cache>/frontend.json records the front end's settings (features, CQT); a cache built
 with other settings is refused.
 """
 
@@ -30,7 +30,6 @@ from models.corpus.render import RenderError, apply_chain, available_soundfonts,
 from models.corpus.works import Work
 from models.frontend import FrontEnd
 
-FRONTEND_KEYS = ("sample_rate", "cqt_bins", "cqt_bins_per_octave", "cqt_fmin", "cqt_hop", "cqt_window")
 # bump when a change to works, arrangement or rendering makes old cached versions unlike new ones
 # (2: versions are cut in score time, before the tempo change)
 CORPUS_FORMAT = 2
@@ -59,10 +58,10 @@ def plan_jobs(works: Iterable[Work], versions_per_work: int, seed: int, max_seco
 
 
 def check_cache_settings(cache: Path, config: ExtractorConfig) -> None:
-    wanted = {"corpus_format": CORPUS_FORMAT, **{key: getattr(config, key) for key in FRONTEND_KEYS}}
+    wanted = {"corpus_format": CORPUS_FORMAT, **config.front_end_settings()}
     marker = cache / "frontend.json"
     if marker.exists():
-        stored = json.loads(marker.read_text())
+        stored = {"features": "cqt", **json.loads(marker.read_text())}  # caches from before the pitch features
         if stored != wanted:
             raise ValueError(f"cache {cache} was built with {stored}, not {wanted}; use another --cache")
     else:

@@ -123,3 +123,36 @@ def test_plugs_into_evaluate(tunes):
     assert results["exhaustive"]["full"]["mAP"] > 0.95
     assert results["two_stage"]["full"]["mAP"] == pytest.approx(results["exhaustive"]["full"]["mAP"])
     assert results["exhaustive"]["30"]["mAP"] > 0.9
+
+
+def test_the_pitch_features_fold_to_chroma_with_c_first():
+    from models.chroma_baseline import fold_notes_to_chroma
+
+    notes = torch.zeros(88, 5)
+    notes[60 - 21, 0] = 1.0  # middle C
+    notes[69 - 21, 1] = 1.0  # A4
+    notes[21 - 21, 2] = 1.0  # A0, the lowest note
+    notes[108 - 21, 3] = 1.0  # C8, the highest
+    chroma = fold_notes_to_chroma(notes)
+    assert chroma.shape == (12, 5)
+    assert chroma.argmax(dim=0)[:4].tolist() == [0, 9, 9, 0]
+
+
+def test_pitch_2dftm_of_a_transposed_note_roll_stays_close():
+    from models.chroma_baseline import pitch_2dftm
+
+    def roll(notes, transpose=0):  # basic-pitch-like (88, frames) note posteriors straight from a note list
+        frames = int(round(40 / FRAME_SECONDS))
+        out = torch.zeros(88, frames)
+        for pitch, start, duration in notes:
+            first, last = int(start / FRAME_SECONDS), int((start + duration) / FRAME_SECONDS)
+            if 0 <= int(pitch) + transpose - 21 < 88:
+                out[int(pitch) + transpose - 21, first:last] = 0.9
+        return out
+
+    base = [random_tune(40, seed=s) for s in range(3)]
+    vectors = [pitch_2dftm(roll(n)) for n in base]
+    shifted = pitch_2dftm(roll(base[0], transpose=3))
+    assert vectors[0].shape == (1, DIM)
+    others = max(cosine(shifted, v) for v in vectors[1:])
+    assert cosine(shifted, vectors[0]) > 0.98 and cosine(shifted, vectors[0]) > others

@@ -116,3 +116,21 @@ def test_invalid_configs_fail_fast_with_the_reason():
         ExtractorConfig(cqt_bins=80)
     with pytest.raises(ValueError, match="unknown extractor config fields"):
         ExtractorConfig.from_dict({"sample_rate": 22050, "colour": "blue"})
+
+
+def test_a_pitch_feature_extractor_exports_into_one_file_and_matches_eager(tmp_path):
+    config = ExtractorConfig(width=8, features="pitch", log_gain=10.0)
+    torch.manual_seed(0)
+    network = ResNetIBN.from_config(config).eval()
+    path = tmp_path / "pitch.pt"
+    stored = export_extractor(network, config, path)
+    loaded = load_extractor(path, "cpu", expect={"features": "pitch"})
+    assert loaded.config.features == "pitch" and stored.model_id == loaded.model_id
+    waveform = torch.from_numpy(tune(25.0, seed=2))
+    result = loaded.embed_waveform(waveform)
+    with torch.inference_mode():
+        eager, _ = Extractor(config, network).eval()(waveform)
+    assert result.vectors.shape == (2, 512)
+    torch.testing.assert_close(result.vectors, eager, atol=1e-4, rtol=0)
+    with pytest.raises(ArtifactError, match="features: artifact has 'pitch', expected 'cqt'"):
+        load_extractor(path, "cpu", expect={"features": "cqt"})

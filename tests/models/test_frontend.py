@@ -93,3 +93,41 @@ def test_scripted_front_end_equals_eager(frontend):
     scripted = torch.jit.script(frontend)
     (a, sa), (b, sb) = frontend(waveform), scripted(waveform)
     assert torch.allclose(a, b, atol=1e-6) and torch.equal(sa, sb)
+
+
+# -- the pitch features (basic-pitch's note posteriors on the CQT grid) -------------------------
+
+
+@pytest.fixture(scope="module")
+def pitch_frontend():
+    return FrontEnd(CFG.replace(features="pitch")).eval()
+
+
+@pytest.mark.parametrize("samples", [SAMPLE_RATE // 2, 256 * 7 + 3, 512 * 40, SAMPLE_RATE * 21 + 1])
+def test_pitch_features_sit_on_the_cqt_frame_grid(pitch_frontend, frontend, samples):
+    waveform = torch.from_numpy(tune(samples / SAMPLE_RATE + 0.01, seed=1)[:samples])
+    with torch.inference_mode():
+        pitch = pitch_frontend.spectrogram(waveform)
+        cqt = frontend.spectrogram(waveform)
+    assert pitch.shape == (88, cqt.shape[1])
+    assert 0.0 <= float(pitch.min()) and float(pitch.max()) <= 1.0  # posteriors
+
+
+def test_pitch_features_light_up_the_played_note(pitch_frontend):
+    from tests.conftest import tone
+
+    with torch.inference_mode():
+        notes = pitch_frontend.spectrogram(torch.from_numpy(tone(440.0, 3.0)))  # A4 = MIDI 69
+    assert int(notes[:, 20:-20].mean(dim=1).argmax()) == 69 - 21
+    chunks, starts = pitch_frontend.chunk(notes)
+    assert chunks.shape[:3] == (1, 1, 88) and starts.tolist() == [0.0]
+
+
+def test_pitch_features_are_refused_with_another_hop():
+    with pytest.raises(ValueError, match="cqt_hop = 512"):
+        FrontEnd(CFG.replace(features="pitch", cqt_hop=256))
+
+
+def test_an_unknown_feature_kind_is_refused():
+    with pytest.raises(ValueError, match="features='chords' must be one of"):
+        ExtractorConfig(features="chords")

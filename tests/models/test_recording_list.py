@@ -8,7 +8,7 @@ import soundfile as sf
 import torch
 
 from models.config import ExtractorConfig
-from models.recording_list import RecordingListError, cached_features, cqt_feature_key, read_recording_list
+from models.recording_list import RecordingListError, cached_features, feature_key, read_recording_list
 from tests.conftest import SAMPLE_RATE, tune
 
 
@@ -74,5 +74,5 @@ def test_features_are_computed_once_then_read_from_the_cache(audio_folder):
 
 def test_the_cqt_key_follows_the_front_end_settings_only():
     base = ExtractorConfig()
-    assert cqt_feature_key(base) == cqt_feature_key(base.replace(width=16, time_pool=100))
-    assert cqt_feature_key(base) != cqt_feature_key(base.replace(cqt_hop=256))
+    assert feature_key(base) == feature_key(base.replace(width=16, time_pool=100))
+    assert feature_key(base) != feature_key(base.replace(cqt_hop=256))

@@ -17,11 +17,22 @@ PLAN = BatchPlan(works_per_batch=4, versions_per_work=2, min_crop_seconds=6.0, m
 
 
 @pytest.fixture(scope="module")
-def tiny_corpus(tmp_path_factory):
+def tiny_cache(tmp_path_factory):
     cache = tmp_path_factory.mktemp("corpus")
     done, errors = build(plan_jobs(procedural_works(5, seed=11), 3, 0, 24.0), cache, TINY, workers=2)
     assert not errors
-    return FeatureCorpus.from_cache(cache, "train")
+    return cache
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tiny_cache):
+    return FeatureCorpus.from_cache(tiny_cache, "train")
+
+
+def test_a_cache_of_other_features_is_refused_for_training(tiny_cache):
+    assert FeatureCorpus.from_cache(tiny_cache, "train", expect=TINY).summary()["versions"] == 15
+    with pytest.raises(ValueError, match="coverid corpus --features pitch"):
+        FeatureCorpus.from_cache(tiny_cache, "train", expect=TINY.replace(features="pitch"))
 
 
 def losses(run_dir):

@@ -4,7 +4,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 MODEL ?= build/extractor.pt
 
-.PHONY: install run test bench model clean
+.PHONY: install run test bench model clean system-run system-test
+
+# Debian packages first (installed when missing and run as root; otherwise the exact command to run)
+system-run:
+	@bash docker/system-packages.sh run
+
+system-test:
+	@bash docker/system-packages.sh test
 
 install: $(VENV)/.installed
 
@@ -16,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 
 # The service on the embedded store (SQLite in ./data), on http://127.0.0.1:8000.
 # Until trained weights ship (models/weights/extractor.pt), run exports an untrained extractor to build/.
-run: install
+run: system-run install
 	@if [ -f models/weights/extractor.pt ]; then \
 		$(VENV)/bin/coverid serve; \
 	else \
@@ -24,7 +31,7 @@ run: install
 		COVERID_MODEL_PATH=$(MODEL) $(VENV)/bin/coverid serve; \
 	fi
 
-test: install
+test: system-test install
 	$(PY) -m pytest -q
 
 bench: install

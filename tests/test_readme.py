@@ -45,3 +45,29 @@ def test_the_first_five_minutes_work_as_written(tmp_path):
     answer = ranked(outputs[1].splitlines())
     assert answer[0][0] == expected[0][0]  # the song the README promises comes first
     assert abs(answer[0][1] - expected[0][1]) <= 10.0  # and sits where it says
+
+
+def setup_command_after(heading: str) -> str:
+    """The indented one-line command that follows a set-up heading of the README."""
+    text = (ROOT / "README.md").read_text()
+    found = re.search(re.escape(heading) + r"[^\n]*\n(?:[^\n]+\n)*?\n    (\S[^\n]*)\n", text)
+    assert found, f"README.md has no indented command after {heading!r}"
+    return found.group(1).strip()
+
+
+def test_ci_runs_the_readme_test_command_and_nothing_else():
+    assert setup_command_after("Run the service") == "make run"
+    test_command = setup_command_after("Install and pass the tests")
+    lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    commands = [line for line in lines if line and not line.startswith("#")]
+    # the shell's safety options and moving to the checkout's root are not commands of their own
+    commands = [c for c in commands if c not in ("set -euo pipefail", 'cd "$(dirname "$0")/.."')]
+    assert commands == [test_command]
+
+
+def test_the_makefile_installs_system_packages_before_the_python_environment():
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^test: system-test install$", makefile, re.M)
+    assert re.search(r"^run: system-run install$", makefile, re.M)
+    result = subprocess.run(["bash", "docker/system-packages.sh", "nonsense"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and "usage" in result.stderr

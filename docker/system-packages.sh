@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The Debian packages `make run` (run) or `make test` (test) needs, installed when missing.
+# Quick when all are there; as root with apt-get it installs the missing ones; otherwise it names
+# the one command to run and stops, so a new user's first `make test` never fails halfway.
+set -euo pipefail
+
+run_packages=(make g++ python3-venv python3-dev)
+# test: fluidsynth and General MIDI soundfonts render the corpus the training tests use;
+# the store tests start a real redis-server
+test_packages=("${run_packages[@]}" fluidsynth fluid-soundfont-gm timgm6mb-soundfont redis-server)
+
+case "${1:-}" in
+  run) wanted=("${run_packages[@]}") ;;
+  test) wanted=("${test_packages[@]}") ;;
+  *) echo "usage: $0 run|test" >&2; exit 2 ;;
+esac
+
+if ! command -v dpkg-query >/dev/null; then
+  echo "not a Debian/Ubuntu system: install the equivalents of ${wanted[*]} yourself, then run make again" >&2
+  exit 1
+fi
+missing=()
+for package in "${wanted[@]}"; do
+  if [ "$(dpkg-query -W -f='${Status}' "$package" 2>/dev/null)" != "install ok installed" ]; then
+    missing+=("$package")
+  fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+  echo "installing system packages: ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+else
+  echo "missing system packages: ${missing[*]}" >&2
+  echo "run:  sudo apt-get install -y ${missing[*]}" >&2
+  echo "then run make again" >&2
+  exit 1
+fi

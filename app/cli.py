@@ -16,6 +16,7 @@ from app.settings import get_settings
 from models.audio import AudioError
 from models.config import FEATURES, ExtractorConfig
 from models.dataset import BatchPlan
+from models.distil import DistilConfig
 from models.evaluation import QUERY_SECONDS
 from models.extractor import ArtifactError, export_extractor, load_extractor
 from models.network import ResNetIBN
@@ -32,6 +33,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
         network, config, state = load_checkpoint(args.checkpoint)
         corpus = state["corpus"]
+        if args.features and args.features != config.features:
+            # the pitch features and the student's are both 88 note rows on the CQT grid: one can stand in for the other
+            if {args.features, config.features} != {"pitch", "student"}:
+                raise ArtifactError(f"a network trained on {config.features} features cannot read {args.features}")
+            config = config.replace(features=args.features, pitch_student_id=_student_id_for(args.features))
         config = config.replace(
             model_version=args.version or f"step{state['step']}",
             training_data=args.training_data or f"{corpus['works']} works, {corpus['versions']} rendered versions",
@@ -43,6 +49,39 @@ def _cmd_export(args: argparse.Namespace) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     stored = export_extractor(network, config, args.output)
     print(f"wrote {args.output} (model_id {stored.model_id}, width {stored.width}, time_pool {stored.time_pool})")
+    return 0
+
+
+def _student_id_for(features: str) -> str:
+    """The installed pitch student's id when `features` is "student", else ''."""
+    from models.pitch_student import DEFAULT_WEIGHTS, student_id
+
+    if features != "student":
+        return ""
+    found = student_id()
+    if not found:
+        raise ArtifactError(f"no pitch student at {DEFAULT_WEIGHTS}; train one with `coverid distil --install`")
+    return found
+
+
+def _cmd_distil(args: argparse.Namespace) -> int:
+    import shutil
+
+    from models.distil import DistilConfig, audio_files, distil, pairs
+    from models.pitch_student import DEFAULT_WEIGHTS
+
+    torch.set_num_threads(args.threads)
+    files = audio_files(args.audio)
+    arrays = pairs(files, args.cache, _progress_line("teacher pairs", with_failures=False))
+    config = DistilConfig(steps=args.steps, max_minutes=args.max_minutes, channels=args.channels, seed=args.seed)
+    provenance = {"teacher": "basic-pitch 0.4.0 (models/weights/basic_pitch)",
+                  "audio": [str(folder) for folder in args.audio], "files": len(files)}
+    path = distil(arrays, config, args.run_dir, provenance, report=lambda r: print(json.dumps(r), file=sys.stderr, flush=True))
+    print(f"wrote {path}")
+    if args.install:
+        DEFAULT_WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, DEFAULT_WEIGHTS)
+        print(f"installed as {DEFAULT_WEIGHTS}")
     return 0
 
 
@@ -67,7 +106,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from models.train import TrainConfig, global_config, train, validation_callback
 
     torch.set_num_threads(args.threads)
-    config = ExtractorConfig(width=args.width, time_pool=args.time_pool, features=args.features, log_gain=args.log_gain)
+    config = ExtractorConfig(width=args.width, time_pool=args.time_pool, features=args.features, log_gain=args.log_gain,
+                             pitch_student_id=_student_id_for(args.features))
     if args.global_model:
         config = global_config(config)
     if args.csv:  # real recordings: work_id,performance_id,path
@@ -200,7 +240,8 @@ def _cmd_corpus(args: argparse.Namespace) -> int:
     if "train" in args.splits:
         works += pop909_works(args.data / "pop909")[: args.pop909_works] + procedural_works(args.procedural, args.seed)
     jobs = plan_jobs(works, args.versions, args.seed, args.seconds)
-    done, errors = build(jobs, args.cache, ExtractorConfig(features=args.features), args.workers,
+    config = ExtractorConfig(features=args.features, pitch_student_id=_student_id_for(args.features))
+    done, errors = build(jobs, args.cache, config, args.workers,
                          _progress_line("rendering"))
     for error in errors[:20]:
         print(f"skipped: {error}", file=sys.stderr)
@@ -287,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--time-pool", type=int, default=ExtractorConfig.time_pool)
     export.add_argument("--seed", type=int, default=0)
     export.add_argument("--if-missing", action="store_true", help="keep an existing file")
+    export.add_argument("--features", choices=["pitch", "student"],
+                        help="serve a network trained on pitch features with the pitch student's (or back)")
     export.set_defaults(run=_cmd_export)
 
     embed = commands.add_parser("embed", help="print the local embeddings' shape and chunk times of an audio file")
@@ -367,6 +410,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     evaluation.add_argument("--seed", type=int, default=0)
     evaluation.set_defaults(run=_cmd_evaluate)
+
+    distiller = commands.add_parser("distil", help="train the pitch student: basic-pitch's notes from the CQT")
+    distiller.add_argument("--audio", type=Path, action="append", required=True,
+                           help="folder of audio files (real recordings; never the validation covers), repeatable")
+    distiller.add_argument("--cache", type=Path, default=Path("cache/distil"), help="where the teacher pairs are cached")
+    distiller.add_argument("--run", dest="run_dir", type=Path, required=True, help="output folder (log, weights)")
+    distiller.add_argument("--steps", type=int, default=DistilConfig.steps)
+    distiller.add_argument("--channels", type=int, default=DistilConfig.channels)
+    distiller.add_argument("--max-minutes", type=float)
+    distiller.add_argument("--install", action="store_true", help="copy the weights to models/weights/pitch_student/")
+    distiller.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    distiller.add_argument("--seed", type=int, default=0)
+    distiller.set_defaults(run=_cmd_distil)
 
     serve = commands.add_parser("serve", help="run the HTTP service (settings from COVERID_* variables)")
     serve.add_argument("--host", default="127.0.0.1")

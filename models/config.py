@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass, field
 
 FORMAT_VERSION = 1  # bump when the meaning of a field changes
-FEATURES = {"cqt": 84, "pitch": 88}  # network input kinds and their bins (pitch: MIDI 21..108, one per semitone)
+# network input kinds and their bins (pitch, student: notes MIDI 21..108, one per semitone)
+FEATURES = {"cqt": 84, "pitch": 88, "student": 88}
 FRONT_END_FIELDS = ("features", "sample_rate", "cqt_bins", "cqt_bins_per_octave", "cqt_fmin", "cqt_hop", "cqt_window")
 
 
@@ -31,8 +32,11 @@ class ExtractorConfig:
     cqt_window: str = "hann"
     # what the network sees, on the CQT's frame grid: "cqt" (the paper's log-CQT) or "pitch" (basic-pitch's
     # note posteriorgram, a pitch salience learnt from real recordings, so timbre matters far less;
-    # see models/basic_pitch.py and the model card)
+    # see models/basic_pitch.py and the model card) or "student" (a small network on the CQT distilled
+    # from basic-pitch, models/pitch_student.py: the same kind of input for a few ms)
     features: str = "cqt"
+    # with features "student": the id of the student's weights (models/weights/pitch_student/)
+    pitch_student_id: str = ""
     # average-pooling factor along time after the CQT; the paper says 100,
     # ByteCover/CQTNet use 20. Chosen by validation (see the model card).
     time_pool: int = 20
@@ -60,6 +64,9 @@ class ExtractorConfig:
             problems.append(f"hop_seconds={self.hop_seconds} must be in (0, chunk_seconds={self.chunk_seconds}]")
         if self.features not in FEATURES:
             problems.append(f"features={self.features!r} must be one of {sorted(FEATURES)}")
+        if (self.features == "student") != bool(self.pitch_student_id):
+            problems.append("pitch_student_id must be set exactly when features='student' "
+                            f"(features={self.features!r}, pitch_student_id={self.pitch_student_id!r})")
         if self.time_pool < 1:
             problems.append(f"time_pool={self.time_pool} must be >= 1")
         if self.width < 4 or self.width % 2:
@@ -91,7 +98,10 @@ class ExtractorConfig:
 
     def front_end_settings(self) -> dict:
         """The settings that decide `FrontEnd.spectrogram`'s output: caches of it are keyed by these."""
-        return {key: getattr(self, key) for key in FRONT_END_FIELDS}
+        settings = {key: getattr(self, key) for key in FRONT_END_FIELDS}
+        if self.features == "student":
+            settings["pitch_student_id"] = self.pitch_student_id
+        return settings
 
     @property
     def hop_frames(self) -> float:

@@ -32,6 +32,8 @@ from torch import Tensor, nn
 from models.basic_pitch import BasicPitch, load_basic_pitch
 from models.config import ExtractorConfig
 from models.cqt import MultiRateCQT, cqt_frames
+from models.pitch_student import DEFAULT_WEIGHTS as DEFAULT_STUDENT
+from models.pitch_student import PitchStudent, load_student, student_id
 
 
 def chunk_starts(n_frames: int, chunk_frames: int, hop_frames: float) -> List[int]:
@@ -100,12 +102,32 @@ class PitchSalience(nn.Module):
         return pooled[:, : cqt_frames(waveform.shape[-1], self.hop)]
 
 
+class StudentSalience(nn.Module):
+    """(samples,) -> (88, frames): the pitch student's notes from the CQT, on the CQT's frame grid."""
+
+    def __init__(self, cqt: MultiRateCQT, student: PitchStudent):
+        super().__init__()
+        self.cqt = cqt
+        self.student = student
+
+    def forward(self, waveform: Tensor) -> Tensor:
+        return self.student(self.cqt(waveform))
+
+
 def features_module(config: ExtractorConfig) -> nn.Module:
     """The whole-track representation `config.features` names: (samples,) -> (input_bins, frames)."""
     if config.features == "pitch":
         return PitchSalience(load_basic_pitch(), config.cqt_hop)
-    return MultiRateCQT(config.sample_rate, config.cqt_hop, config.cqt_fmin, config.cqt_bins,
-                        config.cqt_bins_per_octave, config.cqt_window)
+    cqt = MultiRateCQT(config.sample_rate, config.cqt_hop, config.cqt_fmin, config.cqt_bins,
+                       config.cqt_bins_per_octave, config.cqt_window)
+    if config.features == "student":
+        student = load_student(DEFAULT_STUDENT)
+        found = student_id(DEFAULT_STUDENT)
+        if found != config.pitch_student_id:
+            raise ValueError(f"the config needs pitch student {config.pitch_student_id!r}, "
+                             f"{DEFAULT_STUDENT} holds {found!r}; train or restore that student")
+        return StudentSalience(cqt, student)
+    return cqt
 
 
 class FrontEnd(nn.Module):

@@ -1,11 +1,13 @@
-"""Extractor speed per stage: decode+resample, CQT, network, total (bytes -> embeddings).
+"""Extractor speed per stage: decode+resample, features, network, total (bytes -> embeddings).
 
 Runs on whatever device `--device` names (CPU by default). Audio is a synthetic
 44.1 kHz stereo tune, encoded in memory as MP3 (what short-video uploads mostly
 are) and as WAV. Weights are freshly initialised: speed does not depend on them.
 nnAudio's CQT1992v2 is timed side by side as the baseline the CQT replaces.
+`--features` times each network input kind side by side (cqt; pitch: basic-pitch's
+notes; student: the CQT plus the distilled pitch student).
 
-    .venv/bin/python benchmarks/extractor.py [--repeats 15] [--widths 16 64]
+    .venv/bin/python benchmarks/extractor.py [--repeats 15] [--widths 16 64] [--features cqt pitch student]
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ import soundfile as sf
 import torch
 from nnAudio.features import CQT1992v2
 
-from models.config import ExtractorConfig
+from models.config import FEATURES, ExtractorConfig
 from models.extractor import export_extractor, load_extractor
 from models.network import ResNetIBN
+from models.pitch_student import PitchStudent, save_student
 from models.synth import random_tune, render_notes
 
 SOURCE_RATE = 44100
@@ -48,24 +51,38 @@ def encoded_tune(seconds: float, fmt: str, subtype: str) -> bytes:
     return buffer.getvalue()
 
 
+def _untrained_student(folder: Path) -> str:
+    """Speed does not depend on the weights: an untrained pitch student stands in for the installed one."""
+    import models.frontend
+
+    path = folder / "pitch_student.pt"
+    student_id = save_student(PitchStudent(), path, {"note": "untrained, for timing"})
+    models.frontend.DEFAULT_STUDENT = path
+    return student_id
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--widths", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--seconds", type=float, nargs="+", default=[30.0, 240.0])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--features", nargs="+", default=["cqt"], choices=sorted(FEATURES))
     args = parser.parse_args()
 
     print(f"# {platform.node()} · {platform.processor() or platform.machine()} · torch {torch.__version__} · "
           f"{torch.get_num_threads()} threads · device {args.device} · median of {args.repeats}")
     uploads = {s: {"mp3": encoded_tune(s, "MP3", "MPEG_LAYER_III"), "wav": encoded_tune(s, "WAV", "PCM_16")}
                for s in args.seconds}
-    print("| width (C) | audio | decode+resample mp3 | decode+resample wav | CQT | chunk+network | total mp3 | total wav | x real time (mp3) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| width (C) | features | audio | decode+resample mp3 | decode+resample wav | features | chunk+network | total mp3 | "
+          "total wav | x real time (mp3) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
-        for width in args.widths:
-            config = ExtractorConfig(width=width)
-            path = Path(tmp) / f"w{width}.pt"
+        student_id = _untrained_student(Path(tmp)) if "student" in args.features else ""
+        for width, features in [(w, f) for w in args.widths for f in args.features]:
+            config = ExtractorConfig(width=width, features=features,
+                                     pitch_student_id=student_id if features == "student" else "")
+            path = Path(tmp) / f"w{width}-{features}.pt"
             export_extractor(ResNetIBN.from_config(config).eval(), config, path)
             extractor = load_extractor(path, args.device)
             module = extractor.module
@@ -80,10 +97,14 @@ def main() -> None:
                 network = median_ms(lambda: module.embed_chunks(module.frontend.chunk(spectrogram)[0]), args.repeats)
                 total_mp3 = median_ms(lambda: extractor.embed(mp3), args.repeats)
                 total_wav = median_ms(lambda: extractor.embed(wav), args.repeats)
-                print(f"| {width} ({config.channels}) | {seconds:g} s, {chunks.shape[0]} chunks | {decode_mp3:.1f} ms | "
+                print(f"| {width} ({config.channels}) | {features} | {seconds:g} s, {chunks.shape[0]} chunks | {decode_mp3:.1f} ms | "
                       f"{decode_wav:.1f} ms | {cqt:.1f} ms | {network:.1f} ms | {total_mp3:.1f} ms | {total_wav:.1f} ms | "
                       f"{1000 * seconds / total_mp3:.0f}x |")
+        if "cqt" not in args.features:
+            return
         base = ExtractorConfig()
+        extractor = load_extractor(Path(tmp) / f"w{args.widths[-1]}-cqt.pt", args.device)
+        module = extractor.module
         reference = CQT1992v2(sr=base.sample_rate, hop_length=base.cqt_hop, fmin=base.cqt_fmin, n_bins=base.cqt_bins,
                               bins_per_octave=base.cqt_bins_per_octave, verbose=False).to(args.device)
         print("\n| CQT of | nnAudio CQT1992v2 | this project's MultiRateCQT | speed-up |")

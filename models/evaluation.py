@@ -40,6 +40,7 @@ QUERY_SECONDS = (6, 10, 15, 20, 25, 30, 40, 50, 60)
 FULL = "full"
 LENGTH_KEYS = (FULL, *(str(s) for s in QUERY_SECONDS))
 METHODS = ("two_stage", "exhaustive")
+RECALL_AT = 10  # two-stage top 10 against the exhaustive top 10
 
 Embed = Callable[[Tensor], Tensor]  # (bins, frames) raw CQT -> (N, D) local embeddings
 
@@ -211,7 +212,9 @@ def evaluate(
     `query_shift` transposes every query (not the database) by that many CQT bins (semitones),
     which tests key invariance: ASAP's performances are all in the key of the score.
 
-    Returns {"two_stage": {length: {"mAP", "MR1", "queries"}}, "exhaustive": {...}, "protocol": {...}}.
+    Returns {"two_stage": {length: {"mAP", "MR1", "queries"}}, "exhaustive": {...}, "protocol": {...}}; with
+    `exhaustive`, two_stage's entries also hold "recall_at_10": the mean share of the exhaustive top 10 (the
+    source left out) that the two-stage top 10 holds.
 
     Length keys are "full", "6", "10", ... (all present; a length without queries has mAP/MR1 None).
     Queries whose work has no other recording in the database have no relevant item and are left out
@@ -237,6 +240,7 @@ def evaluate(
     methods = METHODS if exhaustive else METHODS[:1]
     aps = {m: defaultdict(list) for m in methods}
     ranks = {m: defaultdict(list) for m in methods}
+    overlap: dict[str, list[float]] = defaultdict(list)
     without_relevant = 0
     for query in build_queries(recordings, seed, frame_seconds, lengths, clips_per_length):
         keep = np.arange(len(ids)) != positions[query.recording_id]  # the source is never in the ranking
@@ -248,6 +252,7 @@ def evaluate(
             vectors = full[query.recording_id]
         else:
             vectors = _embed(embed, shift_bins(query.spectrogram, query_shift))
+        top: dict[str, list[str]] = {}
         for method in methods:
             if method == "two_stage":
                 matches = index.search(vectors, top_k=len(ids), k_neighbours=k_neighbours)
@@ -256,9 +261,15 @@ def evaluate(
             scores = scores_for(matches, positions)[keep]
             aps[method][query.length].append(average_precision(scores, relevant))
             ranks[method][query.length].append(rank_of_first_relevant(scores, relevant))
+            top[method] = [m.track_id for m in matches if m.track_id != query.recording_id][:RECALL_AT]
+        if exhaustive:  # how much of the all-pairs top 10 the first stage lets through (the service's recall target)
+            overlap[query.length].append(len(set(top["two_stage"]) & set(top["exhaustive"])) / max(1, len(top["exhaustive"])))
 
     keys = [key for key in LENGTH_KEYS if key == FULL or float(key) in lengths]
     results: dict = {m: {key: _summary(aps[m][key], ranks[m][key]) for key in keys} for m in methods}
+    if exhaustive:
+        for key in keys:
+            results["two_stage"][key][f"recall_at_{RECALL_AT}"] = float(np.mean(overlap[key])) if overlap[key] else None
     results["protocol"] = {
         "seed": seed,
         "k_neighbours": k_neighbours,
@@ -286,18 +297,20 @@ def _table_row(key: str, results: dict[str, dict]) -> str:
     for r in results.values():
         two = r["two_stage"].get(key, {})
         exh = r.get("exhaustive", {}).get(key, {})
-        cells += [_fmt(two.get("mAP"), 3), _fmt(two.get("MR1"), 2), _fmt(exh.get("mAP"), 3)]
+        cells += [_fmt(two.get("mAP"), 3), _fmt(two.get("MR1"), 2), _fmt(exh.get("mAP"), 3),
+                  _fmt(two.get(f"recall_at_{RECALL_AT}"), 3)]
     return "| " + " | ".join(cells) + " |"
 
 
 def _markdown(results: dict[str, dict]) -> str:
     header = ["query length", "queries"]
     for name in results:
-        header += [f"{name} mAP", f"{name} MR1", f"{name} mAP (exhaustive)"]
+        header += [f"{name} mAP", f"{name} MR1", f"{name} mAP (exhaustive)", f"{name} recall@{RECALL_AT}"]
     lines = [
         "# Evaluation: mAP and MR1 by query length",
         "",
-        "Two-stage search unless marked exhaustive; the query's own recording is left out of its ranking.",
+        "Two-stage search unless marked exhaustive; the query's own recording is left out of its ranking. "
+        f"recall@{RECALL_AT}: the share of the exhaustive top {RECALL_AT} that the two-stage top {RECALL_AT} holds.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),

@@ -348,6 +348,7 @@ def test_a_report_mixes_models_evaluated_on_different_lengths(recordings, good_r
                    lengths=(10.0, 30.0))
     written = write_report({"all lengths": good_results, "two lengths": few}, tmp_path)
     rows = {line.split(" | ")[0]: line for line in written["markdown"].read_text().splitlines() if line.startswith("| ")}
-    cells = {key: row.strip("| ").split(" | ") for key, row in rows.items()}  # length, queries, 3 per model
-    assert cells["| 6 s"][5] == "–" and cells["| 30 s"][5] != "–"  # the second model's mAP
+    cells = {key: row.strip("| ").split(" | ") for key, row in rows.items()}  # length, queries, 4 per model
+    assert cells["| 6 s"][6] == "–" and cells["| 30 s"][6] != "–"  # the second model's mAP
+    assert cells["| 30 s"][5] == f"{good_results['two_stage']['30']['recall_at_10']:.3f}"  # the first model's recall
     assert written["plot"].stat().st_size > 0

@@ -72,10 +72,13 @@ def _cmd_distil(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     files = audio_files(args.audio)
-    arrays = pairs(files, args.cache, _progress_line("teacher pairs", with_failures=False))
+    skipped: list[str] = []
+    arrays = pairs(files, args.cache, _progress_line("teacher pairs", with_failures=False), skipped)
+    for error in skipped:
+        print(f"skipped: {error}", file=sys.stderr)
     config = DistilConfig(steps=args.steps, max_minutes=args.max_minutes, channels=args.channels, seed=args.seed)
     provenance = {"teacher": "basic-pitch 0.4.0 (models/weights/basic_pitch)",
-                  "audio": [str(folder) for folder in args.audio], "files": len(files)}
+                  "audio": [str(folder) for folder in args.audio], "files": len(arrays)}
     path = distil(arrays, config, args.run_dir, provenance, report=lambda r: print(json.dumps(r), file=sys.stderr, flush=True))
     print(f"wrote {path}")
     if args.install:

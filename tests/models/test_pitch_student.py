@@ -63,20 +63,23 @@ def tiny_pairs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("audio")
     for seed in range(10):
         sf.write(folder / f"tune{seed}.ogg", tune(6.0, seed=seed), SAMPLE_RATE)
+    (folder / "broken.ogg").write_bytes(b"OggS" + bytes(500))  # a damaged file among them
     files = audio_files([folder])
-    return files, pairs(files, folder / "cache")
+    skipped: list[str] = []
+    return files, pairs(files, folder / "cache", skipped=skipped), skipped
 
 
 def test_teacher_pairs_stack_the_cqt_on_the_teachers_notes(tiny_pairs):
-    files, arrays = tiny_pairs
-    assert len(files) == 10 and len(arrays) == 10
+    files, arrays, skipped = tiny_pairs
+    assert len(files) == 11 and len(arrays) == 10
+    assert len(skipped) == 1 and "broken.ogg" in skipped[0]
     assert all(a.shape[0] == 84 + 88 and a.dtype == np.float16 for a in arrays)
     notes = arrays[0][84:].astype(np.float32)
     assert 0.0 <= notes.min() and notes.max() <= 1.0 and notes.max() > 0.3  # the tune's notes are found
 
 
 def test_a_short_distillation_learns_and_writes_an_installable_student(tiny_pairs, tmp_path, monkeypatch):
-    _, arrays = tiny_pairs
+    _, arrays, _ = tiny_pairs
     config = DistilConfig(steps=30, batch=4, crop_seconds=4.0, channels=4, log_every=10, lr=3e-3)
     path = distil(arrays, config, tmp_path / "run", {"audio": ["synthetic"]})
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]

@@ -173,6 +173,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         methods.append(("2DFTM chroma (no learning)", ExtractorConfig(), None, chroma_2dftm))
     if args.pitch_chroma:
         methods.append(("2DFTM basic-pitch chroma (no learning)", ExtractorConfig(features="pitch"), None, pitch_2dftm))
+    if args.student_chroma:
+        student = ExtractorConfig(features="student", pitch_student_id=_student_id_for("student"))
+        methods.append(("2DFTM pitch-student chroma", student, None, pitch_2dftm))
     results = {}
     for previous in args.include:  # results computed earlier with the same protocol (same recordings and seed)
         results.update(json.loads(previous.read_text()))
@@ -396,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--pitch-chroma", action="store_true",
                             help="add 2DFTM on basic-pitch's note posteriors folded to pitch classes (no learning "
                             "beyond the pretrained pitch model; --csv only)")
+    evaluation.add_argument("--student-chroma", action="store_true",
+                            help="the same on the installed pitch student's notes (how well it stands in for basic-pitch)")
     evaluation.add_argument("--out", type=Path, required=True)
     evaluation.add_argument("--include", type=Path, action="append", default=[],
                             help="an evaluation.json from an earlier run to add to the report")

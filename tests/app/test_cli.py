@@ -58,18 +58,22 @@ def test_evaluate_on_a_list_of_recordings_reports_every_method_and_caches_featur
     assert coverid("export", "--output", str(model), "--width", "8").returncode == 0
 
     args = ["evaluate", "--csv", str(table), "--cache", str(tmp_path / "cache"), "--model", f"untrained={model}",
-            "--chroma", "--lengths", "10", "30", "--out", str(tmp_path / "report"), "--threads", "1"]
+            "--chroma", "--pitch-chroma", "--lengths", "10", "30", "--out", str(tmp_path / "report"), "--threads", "1"]
     result = coverid(*args)
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "report" / "evaluation.json").read_text())
-    assert set(report) == {"untrained", "2DFTM chroma (no learning)"}
+    assert set(report) == {"untrained", "2DFTM chroma (no learning)", "2DFTM basic-pitch chroma (no learning)"}
     chroma = report["2DFTM chroma (no learning)"]
     assert chroma["protocol"]["recordings"] == 6 and chroma["protocol"]["works"] == 3
     assert set(chroma["two_stage"]) == {"full", "10", "30"}
     assert chroma["two_stage"]["full"]["queries"] == 6
     assert chroma["two_stage"]["full"]["mAP"] == 1.0  # same notes, other timbre: pitch classes find it
     assert (tmp_path / "report" / "map_vs_length.png").stat().st_size > 0
-    assert len(list((tmp_path / "cache" / "features").glob("*/*.npy"))) == 6
+    assert report["2DFTM basic-pitch chroma (no learning)"]["two_stage"]["full"]["mAP"] == 1.0
+    assert report["untrained"]["two_stage"]["full"]["recall_at_10"] == 1.0  # 6 tracks: the first stage reaches all
+    # features cached once per front end: the CQT's (the model and chroma share it) and basic-pitch's
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache" / "features").iterdir()) == ["cqt", "pitch"]
+    assert len(list((tmp_path / "cache" / "features").glob("*/*.npy"))) == 12
 
     # a rerun reads the cached features and gives the same figures
     assert coverid(*args).returncode == 0

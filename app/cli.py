@@ -79,8 +79,13 @@ def _cmd_distil(args: argparse.Namespace) -> int:
     config = DistilConfig(steps=args.steps, max_minutes=args.max_minutes, channels=args.channels, seed=args.seed)
     provenance = {"teacher": "basic-pitch 0.4.0 (models/weights/basic_pitch)",
                   "audio": [str(folder) for folder in args.audio], "files": len(arrays)}
-    path = distil(arrays, config, args.run_dir, provenance, report=lambda r: print(json.dumps(r), file=sys.stderr, flush=True))
-    print(f"wrote {path}")
+    path = args.run_dir / "pitch_student.pt"
+    if path.exists():  # a finished run is kept, so `make model` can be rerun after an interruption
+        print(f"{path} exists; kept")
+    else:
+        path = distil(arrays, config, args.run_dir, provenance,
+                      report=lambda r: print(json.dumps(r), file=sys.stderr, flush=True))
+        print(f"wrote {path}")
     if args.install:
         DEFAULT_WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, DEFAULT_WEIGHTS)
@@ -110,7 +115,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     config = ExtractorConfig(width=args.width, time_pool=args.time_pool, features=args.features, log_gain=args.log_gain,
-                             pitch_student_id=_student_id_for(args.features))
+                             pitch_student_id=_student_id_for(args.features), fold_octaves=args.fold_octaves)
     if args.global_model:
         config = global_config(config)
     if args.csv:  # real recordings: work_id,performance_id,path
@@ -371,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     trainer.add_argument("--width", type=int, default=16)
     trainer.add_argument("--features", choices=sorted(FEATURES), default="cqt",
                          help="network input; the caches must hold the same features (coverid corpus --features)")
+    trainer.add_argument("--fold-octaves", action="store_true",
+                         help="with note features: fold each chunk's notes into 12 pitch classes before the network")
     trainer.add_argument("--log-gain", type=float, default=ExtractorConfig.log_gain,
                          help="per-chunk compression log1p(gain * x) / log1p(gain) of the max-normalised input")
     trainer.add_argument("--time-pool", type=int, default=ExtractorConfig.time_pool)

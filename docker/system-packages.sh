@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Debian packages `make run` (run) or `make test` (test) needs, installed when missing.
+# The Debian packages `make run` (run), `make test` (test) or `make model` (model) needs, installed when missing.
 # Quick when all are there; as root with apt-get it installs the missing ones; otherwise it names
 # the one command to run and stops, so a new user's first `make test` never fails halfway.
 set -euo pipefail
@@ -8,11 +8,14 @@ run_packages=(make g++ python3-venv python3-dev)
 # test: fluidsynth and General MIDI soundfonts render the corpus the training tests use;
 # the store tests start a real redis-server
 test_packages=("${run_packages[@]}" fluidsynth fluid-soundfont-gm timgm6mb-soundfont redis-server)
+# model: real recorded music (game soundtracks) the pitch student is distilled on
+model_packages=("${test_packages[@]}" warzone2100-music wesnoth-1.16-music singularity-music)
 
 case "${1:-}" in
   run) wanted=("${run_packages[@]}") ;;
   test) wanted=("${test_packages[@]}") ;;
-  *) echo "usage: $0 run|test" >&2; exit 2 ;;
+  model) wanted=("${model_packages[@]}") ;;
+  *) echo "usage: $0 run|test|model" >&2; exit 2 ;;
 esac
 
 if ! command -v dpkg-query >/dev/null; then

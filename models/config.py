@@ -37,6 +37,10 @@ class ExtractorConfig:
     features: str = "cqt"
     # with features "student": the id of the student's weights (models/weights/pitch_student/)
     pitch_student_id: str = ""
+    # with note features: fold each chunk's 88 notes into 12 pitch classes (stacked three times, 36 rows)
+    # before the network (covers change register and voicing; chroma is what the no-learning baselines that
+    # work on real covers read)
+    fold_octaves: bool = False
     # average-pooling factor along time after the CQT; the paper says 100,
     # ByteCover/CQTNet use 20. Chosen by validation (see the model card).
     time_pool: int = 20
@@ -67,6 +71,8 @@ class ExtractorConfig:
         if (self.features == "student") != bool(self.pitch_student_id):
             problems.append("pitch_student_id must be set exactly when features='student' "
                             f"(features={self.features!r}, pitch_student_id={self.pitch_student_id!r})")
+        if self.fold_octaves and self.features == "cqt":
+            problems.append("fold_octaves needs note features ('pitch' or 'student'), not 'cqt'")
         if self.time_pool < 1:
             problems.append(f"time_pool={self.time_pool} must be >= 1")
         if self.width < 4 or self.width % 2:

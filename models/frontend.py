@@ -66,6 +66,14 @@ def shift_bins(spectrogram: Tensor, bins: int) -> Tensor:
     return spectrogram
 
 
+def fold_notes(notes: Tensor) -> Tensor:
+    """(N, 88, frames) note salience, MIDI 21..108 -> (N, 12, frames) summed over octaves, row 0 is C."""
+    below = 9  # MIDI 21 (A0) is pitch class 9: pad down to MIDI 12 (C0)
+    above = (-(below + notes.shape[1])) % 12
+    padded = torch.nn.functional.pad(notes, (0, 0, below, above))  # (N, 108, frames)
+    return padded.reshape(notes.shape[0], padded.shape[1] // 12, 12, notes.shape[2]).sum(dim=1)
+
+
 def pool_time(chunks: Tensor, factor: int) -> Tensor:
     """Average-pool (N, bins, frames) by `factor` along time; a remainder under `factor` is dropped,
     except that a chunk shorter than `factor` frames becomes one frame (its mean)."""
@@ -138,7 +146,8 @@ class FrontEnd(nn.Module):
         self.hop_frames = config.hop_frames
         self.frame_seconds = config.frame_seconds
         self.time_pool = config.time_pool
-        self.log_gain = config.log_gain
+        self.log_gain = float(config.log_gain)
+        self.fold_octaves = config.fold_octaves
 
     def forward(self, waveform: Tensor) -> Tuple[Tensor, Tensor]:
         """(samples,) -> network input (N, 1, bins, T) and chunk start times in seconds (N,)."""
@@ -156,6 +165,10 @@ class FrontEnd(nn.Module):
         starts = chunk_starts(n_frames, self.chunk_frames, self.hop_frames)
         length = min(self.chunk_frames, n_frames)
         chunks = torch.stack([spectrogram[:, s : s + length] for s in starts])
+        if self.fold_octaves:
+            # three cycles of the 12 pitch classes, stacked: convolutions see across the B-C wrap, and the
+            # ResNet's strides still leave more than one row (12 rows would shrink to 1 x 1 on a short crop)
+            chunks = fold_notes(chunks.float()).repeat(1, 3, 1)  # (N, 36, length)
         pooled = normalise(pool_time(chunks.float(), self.time_pool), self.log_gain)
         start_seconds = torch.tensor(starts, dtype=torch.float32, device=spectrogram.device) * self.frame_seconds
         return pooled.unsqueeze(1), start_seconds

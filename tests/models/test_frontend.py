@@ -131,3 +131,17 @@ def test_pitch_features_are_refused_with_another_hop():
 def test_an_unknown_feature_kind_is_refused():
     with pytest.raises(ValueError, match="features='chords' must be one of"):
         ExtractorConfig(features="chords")
+
+
+def test_folded_note_chunks_ignore_the_octave_and_wrap_the_pitch_classes():
+    frontend = FrontEnd(CFG.replace(features="pitch", fold_octaves=True, log_gain=10.0))
+    notes = torch.zeros(88, 900)
+    notes[60 - 21] = 1.0  # C4
+    octave_up = torch.zeros(88, 900)
+    octave_up[72 - 21] = 1.0  # C5
+    chunks, _ = frontend.chunk(notes)
+    assert chunks.shape == (2, 1, 36, 43)  # three stacked cycles of 12 pitch classes
+    torch.testing.assert_close(chunks, frontend.chunk(octave_up)[0])
+    assert chunks[0, 0, :, 0].nonzero().flatten().tolist() == [0, 12, 24]  # C in every cycle
+    with pytest.raises(ValueError, match="fold_octaves needs note features"):
+        CFG.replace(fold_octaves=True)

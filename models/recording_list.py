@@ -61,10 +61,8 @@ def read_recording_list(table: str | os.PathLike) -> list[ListedRecording]:
             if performance in seen:
                 raise RecordingListError(f"{table}:{line}: performance_id {performance!r} is listed twice")
             seen.add(performance)
-            audio = (table.parent / path).resolve()
-            if not audio.is_file():
-                raise RecordingListError(f"{table}:{line}: {audio} does not exist")
-            listed.append(ListedRecording(work, performance, audio))
+            # the audio need not exist once its features are cached (keep features, not audio): checked when decoded
+            listed.append(ListedRecording(work, performance, (table.parent / path).resolve()))
     if not listed:
         raise RecordingListError(f"{table} lists no recordings")
     return listed
@@ -77,8 +75,9 @@ def feature_key(config: ExtractorConfig) -> str:
 
 
 def _source_tag(path: Path) -> str:
-    # the same id in another list (or a replaced file) must not reuse a stale entry
-    return hashlib.sha1(f"{path}:{path.stat().st_size}".encode()).hexdigest()[:10]
+    # the same id in another list (another file) must not reuse a stale entry; the path, not the file's
+    # contents, so the cache still serves once the audio is deleted
+    return hashlib.sha1(str(path).encode()).hexdigest()[:10]
 
 
 def cached_features(
@@ -96,6 +95,8 @@ def cached_features(
     for done, rec in enumerate(listed, start=1):
         target = folder / f"{rec.performance_id}-{_source_tag(rec.path)}.npy"
         if not target.exists():
+            if not rec.path.is_file():
+                raise RecordingListError(f"{rec.path} ({rec.performance_id}) does not exist and has no cached features")
             try:
                 waveform = decode_audio(rec.path, sample_rate)
             except AudioError as err:

@@ -84,4 +84,4 @@ def test_evaluate_names_a_bad_list(tmp_path):
     table = tmp_path / "list.csv"
     table.write_text("work_id,performance_id,path\nw0,p0,missing.flac\n")
     result = coverid("evaluate", "--csv", str(table), "--chroma", "--out", str(tmp_path / "r"))
-    assert result.returncode == 2 and "missing.flac does not exist" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "missing.flac (p0) does not exist" in result.stderr and "Traceback" not in result.stderr

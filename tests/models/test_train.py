@@ -91,13 +91,13 @@ def test_real_recordings_load_from_a_csv_and_are_cached(tmp_path):
             path = tmp_path / "audio" / f"w{work}-t{take}.flac"
             path.parent.mkdir(exist_ok=True)
             sf.write(path, tune(8.0 + take, seed=work), 22050)
-            rows.append(f"song{work},take{take},audio/{path.name}")
+            rows.append(f"song{work},song{work}-take{take},audio/{path.name}")
     table = tmp_path / "covers.csv"
     table.write_text("\n".join(rows) + "\n")
     corpus = FeatureCorpus.from_csv(table, TINY, tmp_path / "cache")
     assert corpus.work_ids == ["song0", "song1"] and corpus.summary()["versions"] == 4
     assert corpus.versions[0][1].shape == (84, int(9.0 * 22050) // 512 + 1)
-    cached = sorted((tmp_path / "cache" / "csv").rglob("*.npy"))
+    cached = sorted((tmp_path / "cache" / "features").rglob("*.npy"))
     assert len(cached) == 4
     (tmp_path / "audio" / "w0-t0.flac").unlink()  # a second load reads the cache, not the audio
     assert FeatureCorpus.from_csv(table, TINY, tmp_path / "cache").summary()["versions"] == 4

@@ -165,6 +165,7 @@ def _service_index(dim: int, k_neighbours: int):
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from models.chroma_baseline import chroma_2dftm, pitch_2dftm
     from models.evaluation import evaluate, write_report
+    from models.recording_list import feature_key
     from models.train import artifact_embedder
 
     torch.set_num_threads(args.threads)
@@ -186,7 +187,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         results.update(json.loads(previous.read_text()))
     recordings_by_front_end: dict = {}
     for name, config, spectrogram, embed in methods:
-        key = json.dumps(config.front_end_settings(), sort_keys=True)
+        key = feature_key(config)
         if key not in recordings_by_front_end:
             if args.csv:
                 recordings_by_front_end[key] = _csv_recordings(args.csv, args.cache, config, spectrogram)

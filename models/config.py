@@ -13,8 +13,8 @@ import math
 from dataclasses import dataclass, field
 
 FORMAT_VERSION = 1  # bump when the meaning of a field changes
-# network input kinds and their bins (pitch, student: notes MIDI 21..108, one per semitone)
-FEATURES = {"cqt": 84, "pitch": 88, "student": 88}
+# network input kinds: the CQT (84 bins), or 88 notes (MIDI 21..108) from basic-pitch or the pitch student
+FEATURES = ("cqt", "pitch", "student")
 FRONT_END_FIELDS = ("features", "sample_rate", "cqt_bins", "cqt_bins_per_octave", "cqt_fmin", "cqt_hop", "cqt_window")
 
 
@@ -96,11 +96,6 @@ class ExtractorConfig:
     def frames_per_chunk(self) -> int:
         """CQT frames of one full chunk: what a centred CQT of a lone 20 s chunk yields."""
         return math.floor(self.chunk_seconds * self.sample_rate) // self.cqt_hop + 1
-
-    @property
-    def input_bins(self) -> int:
-        """Rows of the network input: CQT bins, or 88 notes for the pitch features."""
-        return self.cqt_bins if self.features == "cqt" else FEATURES[self.features]
 
     def front_end_settings(self) -> dict:
         """The settings that decide `FrontEnd.spectrogram`'s output: caches of it are keyed by these."""

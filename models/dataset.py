@@ -76,12 +76,22 @@ class FeatureCorpus:
         return cls(sorted(grouped), [grouped[w] for w in sorted(grouped)])
 
 
-def check_front_end(cache: Path, config: ExtractorConfig) -> None:
-    """Refuse a corpus cache whose features another front end made (its frontend.json, written by `coverid corpus`)."""
-    marker = cache / "frontend.json"
+FRONT_END_MARKER = "frontend.json"  # written by `coverid corpus` (models/corpus/build.py)
+
+
+def stored_front_end(cache: Path) -> Optional[dict]:
+    """What a corpus cache's marker records (corpus format and front-end settings), or None without one."""
+    marker = cache / FRONT_END_MARKER
     if not marker.exists():
-        raise ValueError(f"{marker} is missing; build the cache with `coverid corpus --cache {cache}`")
-    stored = {"features": "cqt", **json.loads(marker.read_text())}  # caches from before the pitch features
+        return None
+    return {"features": "cqt", **json.loads(marker.read_text())}  # caches from before the pitch features
+
+
+def check_front_end(cache: Path, config: ExtractorConfig) -> None:
+    """Refuse a corpus cache whose features another front end made."""
+    stored = stored_front_end(cache)
+    if stored is None:
+        raise ValueError(f"{cache / FRONT_END_MARKER} is missing; build the cache with `coverid corpus --cache {cache}`")
     stored.pop("corpus_format", None)
     if stored != config.front_end_settings():
         raise ValueError(f"cache {cache} holds features of {stored}, the model needs {config.front_end_settings()}; "

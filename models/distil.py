@@ -26,7 +26,7 @@ from torch import Tensor
 from models.config import ExtractorConfig
 from models.frontend import FrontEnd
 from models.pitch_student import PitchStudent, save_student
-from models.recording_list import ListedRecording, RecordingListError, cached_features
+from models.recording_list import ListedRecording, RecordingListError, cached_features, feature_key
 
 AUDIO_SUFFIXES = (".ogg", ".opus", ".mp3", ".flac", ".wav")
 CQT_BINS = ExtractorConfig().cqt_bins
@@ -69,7 +69,7 @@ def pairs(files: list[ListedRecording], cache: Path, progress=None, skipped: Opt
     """The cached (84 + 88, frames) pair of every file that decodes; a file that does not (a game package
     ships one truncated Ogg) is left out and its error appended to `skipped`."""
     config = ExtractorConfig()
-    key = f"distil-pairs-{config.features}-{config.cqt_hop}"
+    key = f"distil-pairs-{feature_key(config.replace(features='pitch'))}"  # CQT settings + basic-pitch
     features = pair_features(config)
     arrays = []
     for done, rec in enumerate(files, start=1):

@@ -29,11 +29,11 @@ from typing import List, Tuple
 import torch
 from torch import Tensor, nn
 
-from models.basic_pitch import BasicPitch, load_basic_pitch
+from models.basic_pitch import BasicPitch, fold_to_pitch_class, load_basic_pitch
 from models.config import ExtractorConfig
 from models.cqt import MultiRateCQT, cqt_frames
 from models.pitch_student import DEFAULT_WEIGHTS as DEFAULT_STUDENT
-from models.pitch_student import PitchStudent, load_student, student_id
+from models.pitch_student import PitchStudent, load_student
 
 
 def chunk_starts(n_frames: int, chunk_frames: int, hop_frames: float) -> List[int]:
@@ -68,10 +68,7 @@ def shift_bins(spectrogram: Tensor, bins: int) -> Tensor:
 
 def fold_notes(notes: Tensor) -> Tensor:
     """(N, 88, frames) note salience, MIDI 21..108 -> (N, 12, frames) summed over octaves, row 0 is C."""
-    below = 9  # MIDI 21 (A0) is pitch class 9: pad down to MIDI 12 (C0)
-    above = (-(below + notes.shape[1])) % 12
-    padded = torch.nn.functional.pad(notes, (0, 0, below, above))  # (N, 108, frames)
-    return padded.reshape(notes.shape[0], padded.shape[1] // 12, 12, notes.shape[2]).sum(dim=1)
+    return fold_to_pitch_class(notes.transpose(1, 2)).transpose(1, 2)
 
 
 def pool_time(chunks: Tensor, factor: int) -> Tensor:
@@ -123,17 +120,16 @@ class StudentSalience(nn.Module):
 
 
 def features_module(config: ExtractorConfig) -> nn.Module:
-    """The whole-track representation `config.features` names: (samples,) -> (input_bins, frames)."""
+    """The whole-track representation `config.features` names: (samples,) -> (84 CQT bins or 88 notes, frames)."""
     if config.features == "pitch":
         return PitchSalience(load_basic_pitch(), config.cqt_hop)
     cqt = MultiRateCQT(config.sample_rate, config.cqt_hop, config.cqt_fmin, config.cqt_bins,
                        config.cqt_bins_per_octave, config.cqt_window)
     if config.features == "student":
         student = load_student(DEFAULT_STUDENT)
-        found = student_id(DEFAULT_STUDENT)
-        if found != config.pitch_student_id:
+        if student.weights_id != config.pitch_student_id:
             raise ValueError(f"the config needs pitch student {config.pitch_student_id!r}, "
-                             f"{DEFAULT_STUDENT} holds {found!r}; train or restore that student")
+                             f"{DEFAULT_STUDENT} holds {student.weights_id!r}; train or restore that student")
         return StudentSalience(cqt, student)
     return cqt
 

@@ -67,6 +67,7 @@ class PitchStudent(nn.Module):
         self.pad_below = LOWEST_CQT_MIDI - LOWEST_NOTE_MIDI
         self.n_notes = N_NOTES
         self.channels = channels
+        self.weights_id = ""  # set by load_student from the checked header
         # layout (batch, channels, notes, frames); kernels (notes, frames)
         self.conv1 = nn.Conv2d(len(HARMONICS), channels, (3, 3), padding=(1, 1))
         self.conv2 = nn.Conv2d(channels, channels, (3, 5), padding=(1, 2))
@@ -130,6 +131,7 @@ def load_student(path: str | os.PathLike = DEFAULT_WEIGHTS) -> PitchStudent:
                                   f"{header['weights_id']}; the file is damaged")
     student = PitchStudent(channels=int(header["channels"]), time_stride=int(header["time_stride"]))
     student.load_state_dict(stored["state_dict"])
+    student.weights_id = str(header["weights_id"])
     return student.eval()
 
 

@@ -28,6 +28,7 @@ from models.corpus import procedural
 from models.corpus.arrange import arrange, plan_version, truncate
 from models.corpus.render import RenderError, apply_chain, available_soundfonts, plan_chain, synthesise
 from models.corpus.works import Work
+from models.dataset import FRONT_END_MARKER, stored_front_end
 from models.frontend import FrontEnd
 
 # bump when a change to works, arrangement or rendering makes old cached versions unlike new ones
@@ -59,14 +60,13 @@ def plan_jobs(works: Iterable[Work], versions_per_work: int, seed: int, max_seco
 
 def check_cache_settings(cache: Path, config: ExtractorConfig) -> None:
     wanted = {"corpus_format": CORPUS_FORMAT, **config.front_end_settings()}
-    marker = cache / "frontend.json"
-    if marker.exists():
-        stored = {"features": "cqt", **json.loads(marker.read_text())}  # caches from before the pitch features
+    stored = stored_front_end(cache)
+    if stored is not None:
         if stored != wanted:
             raise ValueError(f"cache {cache} was built with {stored}, not {wanted}; use another --cache")
     else:
         cache.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps(wanted, indent=2))
+        (cache / FRONT_END_MARKER).write_text(json.dumps(wanted, indent=2))
 
 
 def build(

@@ -125,16 +125,34 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                        for cache in [args.cache, *args.extra_cache]])
     print(f"training on {corpus.summary()} -> {args.run_dir}", file=sys.stderr)
     plan = BatchPlan(works_per_batch=args.works_per_batch, versions_per_work=args.versions_per_work,
-                     max_transpose_bins=args.transpose_bins)
+                     max_transpose_bins=args.transpose_bins, stretch=tuple(args.stretch),
+                     background_probability=args.background_probability if args.backgrounds else 0.0,
+                     clutter_per_second=args.clutter, smear_probability=args.smear)
+    backgrounds = _background_features(args.backgrounds, args.background_cache, config) if args.backgrounds else None
     train_config = TrainConfig(steps=args.steps, lr=args.lr, seed=args.seed, batch=plan,
+                               backgrounds=tuple(str(p) for p in args.backgrounds),
                                proxy_length=1 if args.global_model else args.proxy_length,
                                validate_every=args.validate_every, max_minutes=args.max_minutes,
                                init_from=str(args.init_from) if args.init_from else None)
     validate = None
     if args.validate_works:
         validate = validation_callback(_valid_recordings(args.cache, args.validate_works, args.data), config)
-    train(corpus, config, train_config, args.run_dir, validate, report=lambda r: print(json.dumps(r), file=sys.stderr, flush=True))
+    train(corpus, config, train_config, args.run_dir, validate, report=lambda r: print(json.dumps(r), file=sys.stderr, flush=True),
+          backgrounds=backgrounds)
     return 0
+
+
+def _background_features(folders: list[Path], cache: Path, config: ExtractorConfig) -> list:
+    """The real recordings under `folders` as the network's input rows: CQT magnitudes, or basic-pitch's notes
+    for note features (the student's stand-in). Cached with the distillation pairs, so `distil` and `train` share them."""
+    from models.distil import CQT_BINS, audio_files, pairs
+
+    skipped: list[str] = []
+    arrays = pairs(audio_files(folders), cache, skipped=skipped)
+    for message in skipped:
+        print(f"background skipped: {message}", file=sys.stderr)
+    rows = slice(0, CQT_BINS) if config.features == "cqt" else slice(CQT_BINS, None)
+    return [a[rows] for a in arrays]
 
 
 def _csv_recordings(table: Path, cache: Path, config: ExtractorConfig, spectrogram=None):
@@ -387,6 +405,17 @@ def build_parser() -> argparse.ArgumentParser:
     trainer.add_argument("--versions-per-work", type=int, default=4)
     trainer.add_argument("--transpose-bins", type=int, default=BatchPlan.max_transpose_bins,
                          help="augmentation: random transposition of up to this many CQT bins (semitones)")
+    trainer.add_argument("--stretch", type=float, nargs=2, default=BatchPlan.stretch, metavar=("LOW", "HIGH"),
+                         help="augmentation: random tempo factor range")
+    trainer.add_argument("--backgrounds", type=Path, nargs="+", default=[],
+                         help="folders of real recordings mixed into versions as background (e.g. the game soundtracks)")
+    trainer.add_argument("--background-cache", type=Path, default=Path("cache/distil"),
+                         help="where their features are cached (shared with `coverid distil`)")
+    trainer.add_argument("--background-probability", type=float, default=0.5)
+    trainer.add_argument("--clutter", type=float, default=BatchPlan.clutter_per_second,
+                         help="augmentation: spurious short notes per second")
+    trainer.add_argument("--smear", type=float, default=BatchPlan.smear_probability,
+                         help="augmentation: chance a version's notes are blurred in time and pitch (sung lines)")
     trainer.add_argument("--global-model", action="store_true", help="ByteCover2-style baseline: one GeM per track")
     trainer.add_argument("--limit-works", type=int)
     trainer.add_argument("--validate-works", type=int, default=60, help="validation pieces for the log (0: none)")

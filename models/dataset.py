@@ -1,4 +1,4 @@
-"""Training data: cached CQTs grouped by work, P x K batches, crops and CQT-domain augmentation.
+"""Training data: cached features grouped by work, P x K batches, crops and feature-domain augmentation.
 
 A sample is a whole cached version or a random crop of it; either way it goes
 through `FrontEnd.chunk`, the same chunking as serving. Within one batch all
@@ -108,6 +108,11 @@ class BatchPlan:
     stretch: tuple[float, float] = (0.85, 1.18)
     freq_mask_bins: int = 6
     time_mask_fraction: float = 0.1
+    # What a real cover has that a render lacks, added in the feature domain (all off by default):
+    background_probability: float = 0.0  # mix in a real recording's features (the sampler's `backgrounds`)
+    background_level: tuple[float, float] = (0.3, 1.0)
+    clutter_per_second: float = 0.0  # spurious short notes, as a transcriber finds in a dense real mix
+    smear_probability: float = 0.0  # sung or bent notes: blurred in time, leaking into neighbour semitones
 
 
 @dataclass
@@ -118,14 +123,24 @@ class Batch:
 
 
 class BatchSampler:
-    """P works x K versions; each work's versions alternate between full length and a crop (1:1)."""
+    """P works x K versions; each work's versions alternate between full length and a crop (1:1).
 
-    def __init__(self, corpus: FeatureCorpus, frontend: FrontEnd, frame_seconds: float, plan: BatchPlan, seed: int):
+    `backgrounds` are features of real recordings (same rows as the corpus) mixed into versions
+    with `plan.background_probability`: added for CQT magnitudes, the element-wise maximum for note
+    posteriors (a transcriber reports the notes of both sources).
+    """
+
+    def __init__(self, corpus: FeatureCorpus, frontend: FrontEnd, frame_seconds: float, plan: BatchPlan, seed: int,
+                 backgrounds: Optional[list[np.ndarray]] = None, notes: bool = False):
         self.corpus = corpus
         self.frontend = frontend
         self.frame_seconds = frame_seconds
         self.plan = plan
         self.rng = np.random.default_rng(seed)
+        self.backgrounds = backgrounds or []
+        self.notes = notes
+        if plan.background_probability and not self.backgrounds:
+            raise ValueError("background mixing needs background recordings")
         self.multi = [w for w, v in enumerate(corpus.versions) if len(v) >= 2]
         if len(self.multi) < plan.works_per_batch:
             raise ValueError(f"need {plan.works_per_batch} works with 2+ versions, have {len(self.multi)}")
@@ -169,6 +184,12 @@ class BatchSampler:
         factor = float(rng.uniform(*plan.stretch))
         frames = max(2, int(spec.shape[1] * factor))
         spec = F.interpolate(spec[None], size=frames, mode="linear", align_corners=False)[0]
+        if self.backgrounds and rng.random() < plan.background_probability:
+            spec = self._mix_background(spec)
+        if plan.smear_probability and rng.random() < plan.smear_probability:
+            spec = self._smear(spec)
+        if plan.clutter_per_second:
+            spec = self._clutter(spec)
         if plan.freq_mask_bins:
             width = int(rng.integers(0, plan.freq_mask_bins + 1))
             low = int(rng.integers(0, spec.shape[0] - width + 1))
@@ -177,6 +198,44 @@ class BatchSampler:
             width = int(rng.uniform(0, plan.time_mask_fraction) * spec.shape[1])
             start = int(rng.integers(0, spec.shape[1] - width + 1))
             spec[:, start : start + width] = 0
+        return spec
+
+
+    def _mix_background(self, spec: Tensor) -> Tensor:
+        rng = self.rng
+        source = self.backgrounds[int(rng.integers(len(self.backgrounds)))]
+        frames = spec.shape[1]
+        start = int(rng.integers(0, max(1, source.shape[1] - frames + 1)))
+        piece = torch.from_numpy(source[:, start : start + frames].astype(np.float32))
+        if piece.shape[1] < frames:  # a short recording loops
+            piece = piece.repeat(1, frames // piece.shape[1] + 1)[:, :frames]
+        piece = shift_bins(piece, int(rng.integers(-6, 7)))
+        level = float(rng.uniform(*self.plan.background_level))
+        if self.notes:
+            return torch.maximum(spec, level * piece)
+        return spec + level * piece * (spec.mean() / (piece.mean() + 1e-6))
+
+    def _smear(self, spec: Tensor) -> Tensor:
+        rng = self.rng
+        width = int(rng.choice([3, 5, 7, 9]))
+        spec = F.avg_pool1d(spec[None], width, stride=1, padding=width // 2, count_include_pad=False)[0]
+        leak = float(rng.uniform(0.2, 0.6))
+        spec = torch.maximum(spec, leak * torch.maximum(shift_bins(spec, 1), shift_bins(spec, -1)))
+        # a register-dependent gain: a voice or an instrument stands out in its own range
+        anchors = torch.from_numpy(rng.uniform(0.4, 1.0, size=5).astype(np.float32))
+        gain = F.interpolate(anchors[None, None], size=spec.shape[0], mode="linear", align_corners=True)[0, 0]
+        return spec * gain[:, None]
+
+    def _clutter(self, spec: Tensor) -> Tensor:
+        rng = self.rng
+        bins, frames = spec.shape
+        count = rng.poisson(self.plan.clutter_per_second * frames * self.frame_seconds)
+        spec = spec.clone()
+        peak = float(spec.max()) or 1.0
+        for _ in range(count):
+            row, start, length = int(rng.integers(bins)), int(rng.integers(frames)), int(rng.integers(2, 25))
+            level = peak * float(rng.uniform(0.2, 0.8))
+            spec[row, start : start + length] = torch.clamp(spec[row, start : start + length], min=level)
         return spec
 
 

@@ -43,13 +43,15 @@ class TrainConfig:
     device: str = "auto"
     max_minutes: Optional[float] = None  # wall-clock budget: stop early (checkpointed, validated) when spent
     init_from: Optional[str] = None  # start the network (not the proxies: other works) from this checkpoint
+    backgrounds: tuple[str, ...] = ()  # folders of real recordings mixed into versions (batch.background_probability)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
-        return cls(**{**data, "batch": BatchPlan(**data["batch"])})
+        batch = {k: tuple(v) if isinstance(v, list) else v for k, v in data["batch"].items()}
+        return cls(**{**data, "batch": BatchPlan(**batch), "backgrounds": tuple(data.get("backgrounds", ()))})
 
 
 def global_config(config: ExtractorConfig) -> ExtractorConfig:
@@ -79,14 +81,18 @@ def train(
     run_dir: Path,
     validate: Optional[Callable[[ResNetIBN, int], dict]] = None,
     report: Optional[Callable[[dict], None]] = None,
+    backgrounds: Optional[list[np.ndarray]] = None,
 ) -> Path:
-    """Train (or resume) until `train_config.steps`; returns the checkpoint path."""
+    """Train (or resume) until `train_config.steps`; returns the checkpoint path.
+
+    `backgrounds`: features of real recordings (the corpus's rows) for `batch.background_probability`."""
     run_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if train_config.device == "auto" and torch.cuda.is_available() else
                           "cpu" if train_config.device == "auto" else train_config.device)
     torch.manual_seed(train_config.seed)
     frontend = FrontEnd(model_config)
-    sampler = BatchSampler(corpus, frontend, model_config.frame_seconds, train_config.batch, train_config.seed)
+    sampler = BatchSampler(corpus, frontend, model_config.frame_seconds, train_config.batch, train_config.seed,
+                           backgrounds=backgrounds, notes=model_config.features != "cqt")
     network = ResNetIBN.from_config(model_config).to(device)
     loss_fn = LocalAlignmentLoss(len(corpus.work_ids), model_config.embedding_dim, train_config.proxy_length,
                                  train_config.margin).to(device)

@@ -12,6 +12,7 @@ import logging
 from contextlib import asynccontextmanager
 from typing import Annotated, Optional
 
+import torch
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
@@ -20,7 +21,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from app import schemas
 from app.catalog import Catalog
 from app.limits import BodyLimit, RequestMetrics
-from app.metrics import CATALOG_TRACKS, INDEX_VECTORS
+from app.metrics import (CATALOG_TRACKS, GPU_MEMORY, INDEX_VECTORS, INGESTED_AUDIO_SECONDS, INGESTED_TRACKS,
+                         MODEL_INFO, READY, STORE_UP)
 from app.pipeline import ClipDurationError, Embedder, identify, ingest, make_record
 from app.settings import Settings, get_settings
 from app.store import StoreError, StoreUnavailable, TrackExists, TrackRecord, open_store
@@ -44,6 +46,7 @@ async def lifespan(app: FastAPI):
     log.info("model %s on %s; %d tracks, index %s", extractor.model_id, extractor.device, store.count(), how)
     app.state.embedder = Embedder(extractor)
     app.state.catalog = catalog
+    MODEL_INFO.labels(extractor.model_id, str(extractor.device)).set(1)
     _update_gauges(catalog)
     try:
         yield
@@ -136,6 +139,7 @@ def _routes():
         except TrackExists:
             raise HTTPException(409, f"track {track_id!r} already exists; send replace=true to overwrite it") from None
         _update_gauges(catalog)
+        _count_ingested([record])
         return _track(record)
 
     @router.post("/catalog/batch", response_model=schemas.BatchResult, dependencies=[Depends(require_key)])
@@ -158,6 +162,7 @@ def _routes():
         if records:  # one store write for the batch: acknowledged only once all of it is durable
             await run_in_threadpool(catalog.ingest_many, records)
         _update_gauges(catalog)
+        _count_ingested(records)
         ok = sum(item.status == 201 for item in items)
         return schemas.BatchResult(catalogued=ok, failed=len(items) - ok, items=items)
 
@@ -222,7 +227,8 @@ def _routes():
         return JSONResponse(body.model_dump())
 
     @router.get("/metrics", include_in_schema=False)
-    def metrics() -> Response:
+    def metrics(request: Request) -> Response:
+        _refresh_health_gauges(request.app)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return router
@@ -263,6 +269,23 @@ def _track(record: TrackRecord) -> schemas.Track:
 def _update_gauges(catalog: Catalog) -> None:
     CATALOG_TRACKS.set(len(catalog.index))
     INDEX_VECTORS.set(catalog.index.vector_count)
+
+
+def _count_ingested(records: list[TrackRecord]) -> None:
+    INGESTED_TRACKS.inc(len(records))
+    INGESTED_AUDIO_SECONDS.inc(sum(r.duration_s for r in records))
+
+
+def _refresh_health_gauges(app: FastAPI) -> None:
+    """Readiness, store and accelerator state as of this scrape (what the alert rules read)."""
+    catalog: Optional[Catalog] = getattr(app.state, "catalog", None)
+    store_up = catalog is not None and catalog.store.ping()
+    STORE_UP.set(int(store_up))
+    READY.set(int(store_up))
+    embedder: Optional[Embedder] = getattr(app.state, "embedder", None)
+    if embedder is not None:
+        device = embedder.device
+        GPU_MEMORY.labels(str(device)).set(torch.cuda.memory_allocated(device) if device.type == "cuda" else 0)
 
 
 def _audio_status(err: AudioError) -> int:

@@ -28,3 +28,13 @@ STAGE_SECONDS = Histogram(
 )
 CATALOG_TRACKS = Gauge("coverid_catalog_tracks", "Tracks in the catalogue.")
 INDEX_VECTORS = Gauge("coverid_index_vectors", "Local embeddings in the search index.")
+INGESTED_TRACKS = Counter("coverid_ingested_tracks", "Tracks added to the catalogue (single and batch ingest).")
+INGESTED_AUDIO_SECONDS = Counter("coverid_ingested_audio_seconds", "Seconds of audio added to the catalogue.")
+# refreshed at every scrape (app.main), so alerts see the state as of the last scrape
+STORE_UP = Gauge("coverid_store_up", "1 when the catalogue store (SQLite or Redis) answers a ping, else 0.")
+READY = Gauge("coverid_ready", "1 when the service is ready to answer (catalogue loaded, store answering), else 0.")
+GPU_MEMORY = Gauge("coverid_accelerator_memory_bytes",
+                   "Memory the extractor holds on its device: CUDA memory allocated by PyTorch; 0 on a CPU.",
+                   ["device"])
+MODEL_INFO = Gauge("coverid_model_info", "Always 1; labels name the loaded extractor and its device.",
+                   ["model_id", "device"])

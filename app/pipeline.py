@@ -13,6 +13,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Optional
 
+import torch
+
 from app.catalog import Catalog
 from app.metrics import STAGE_SECONDS
 from app.store import TrackRecord
@@ -65,6 +67,10 @@ class Embedder:
     @property
     def model_id(self) -> str:
         return self.extractor.model_id
+
+    @property
+    def device(self) -> torch.device:
+        return self.extractor.device
 
     def embed(self, data: bytes, max_seconds: float, clock: StageClock) -> LocalEmbeddings:
         started = time.perf_counter()

@@ -9,16 +9,20 @@ snapshot on disk always describes the store as it was left.
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Optional
 
 from app.store import CatalogStore, TrackRecord
-from index.local_index import LocalIndex, SnapshotMismatch, read_header
+from index.local_index import LocalIndex, read_header
 
 
 REBUILD_BATCH = 512  # tracks per index insert when rebuilding from the store
+log = logging.getLogger("coverid.catalog")
 
 
 class CatalogMismatch(ValueError):
@@ -93,6 +97,7 @@ class Catalog:
         return self.store.get(track_id)
 
     def save_snapshot(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)  # a Redis-backed service may have no data dir yet
         with self._writes:
             self.index.save(path, self.model_id)
 
@@ -103,16 +108,26 @@ def _load_snapshot(
     """The snapshot's index if its header matches the store and M, else None. The file is removed either way.
 
     M is fixed when a graph is built, so a changed M setting takes effect by rebuilding from the store.
+    A snapshot that cannot be read at all (damaged, truncated, not a file) is logged and moved aside for
+    inspection: start-up then rebuilds from the store instead of failing.
     """
-    if not path.exists():
+    if not os.path.lexists(path):
         return None
     try:
         header = read_header(path)
         fits = (header.model_id, header.dim, header.vector_count, header.track_count, header.m) == (
             model_id, dim, store.vector_count(), store.count(), m)
-        return LocalIndex.load(path, model_id, dim, k_neighbours=k_neighbours, ef_search=ef_search) if fits else None
-    except (SnapshotMismatch, ValueError, OSError, KeyError):
+        if not fits:
+            log.info("index snapshot %s does not describe the store; rebuilding the index from the store", path)
+            os.remove(path)
+            return None
+        index = LocalIndex.load(path, model_id, dim, k_neighbours=k_neighbours, ef_search=ef_search)
+    except Exception as err:  # noqa: BLE001 - whatever is wrong with the file, the store still holds everything
+        aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+        log.warning("index snapshot %s cannot be loaded (%s: %s); moved to %s, rebuilding the index from the store",
+                    path, type(err).__name__, err, aside)
+        shutil.move(str(path), str(aside))
         return None
-    finally:
-        # a crash from here on must not find a snapshot older than the store's next writes
-        os.remove(path)
+    # a crash from here on must not find a snapshot older than the store's next writes
+    os.remove(path)
+    return index

@@ -51,7 +51,10 @@ async def lifespan(app: FastAPI):
     try:
         yield
     finally:
-        catalog.save_snapshot(settings.snapshot_path)
+        try:
+            catalog.save_snapshot(settings.snapshot_path)
+        except OSError as err:  # a full or read-only disk: the next start rebuilds from the store instead
+            log.warning("index snapshot not written to %s: %s", settings.snapshot_path, err)
         store.close()
 
 

@@ -1,9 +1,11 @@
 import time
 
 import numpy as np
+import pytest
 
 from app.catalog import Catalog
 from app.store import SQLiteStore, TrackRecord
+from index.local_index import GRAPH_MEMBER
 
 DIM = 16
 MODEL = "model-a"
@@ -41,3 +43,65 @@ def test_the_snapshot_is_used_when_it_fits_and_a_changed_m_rebuilds_from_the_sto
     catalog.save_snapshot(tmp_path / "index.snapshot")
     catalog.store.close()
     assert reopen(tmp_path, m=32)[1] == "snapshot"
+
+
+def saved_catalogue(tmp_path) -> np.ndarray:
+    """Five tracks stored and snapshotted; returns a query that finds t3."""
+    rng = np.random.default_rng(1)
+    catalog, _ = reopen(tmp_path, m=16)
+    catalog.ingest_many([record(f"t{i}", rng) for i in range(5)])
+    catalog.save_snapshot(tmp_path / "index.snapshot")
+    catalog.store.close()
+    return catalog.index.vectors("t3")[1:3]
+
+
+def flip_byte_inside_graph(path):
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(GRAPH_MEMBER)
+    data = bytearray(path.read_bytes())
+    data[info.header_offset + 200] ^= 0xFF  # inside the member's data: its CRC no longer matches
+    path.write_bytes(bytes(data))
+
+
+def random_graph(path):
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    members[GRAPH_MEMBER] = np.random.default_rng(0).bytes(len(members[GRAPH_MEMBER]))  # a valid zip, a meaningless graph
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+def directory_instead(path):
+    path.unlink()
+    path.mkdir()
+    (path / "x").write_text("not a snapshot")
+
+
+def truncated(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damage", [flip_byte_inside_graph, random_graph, directory_instead, truncated])
+def test_a_damaged_snapshot_is_moved_aside_and_the_index_rebuilt_from_the_store(tmp_path, damage, caplog):
+    query = saved_catalogue(tmp_path)
+    damage(tmp_path / "index.snapshot")
+    with caplog.at_level("WARNING", logger="coverid.catalog"):
+        catalog, how = reopen(tmp_path, m=16)
+    assert how == "rebuilt"
+    assert catalog.index.search(query, top_k=1)[0].track_id == "t3"
+    assert not (tmp_path / "index.snapshot").exists()
+    kept = list(tmp_path.glob("index.snapshot.damaged-*"))
+    assert len(kept) == 1 and "cannot be loaded" in caplog.text and str(kept[0]) in caplog.text
+
+
+def test_the_snapshot_is_written_where_no_data_dir_exists_yet(tmp_path):
+    catalog, _ = reopen(tmp_path, m=16)
+    catalog.ingest(record("t0", np.random.default_rng(2)))
+    target = tmp_path / "not" / "yet" / "index.snapshot"
+    catalog.save_snapshot(target)
+    assert target.exists()

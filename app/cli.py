@@ -12,7 +12,7 @@ from pathlib import Path
 import soundfile as sf
 import torch
 
-from app.settings import get_settings
+from app.settings import SettingsInvalid, get_settings
 from models.audio import AudioError
 from models.config import FEATURES, ExtractorConfig
 from models.dataset import BatchPlan
@@ -506,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (AudioError, ArtifactError, RecordingListError) as err:
+    except (AudioError, ArtifactError, RecordingListError, SettingsInvalid) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -70,8 +70,35 @@ class RequestMetrics:
             REQUESTS.labels(template, scope["method"], str(status["code"])).inc()
 
 
-async def _send_json(send, status: int, detail: str) -> None:
+class KeyBeforeBody:
+    """401 from the headers alone for a route that needs an API key, before any of the body is read.
+
+    `needs_key(scope)` returns the matched route when it needs a key (the routes' own dependencies say
+    so), `key_valid(authorization)` checks the header. The route's dependency checks again: this only
+    spares the server a large upload it would refuse anyway.
+    """
+
+    def __init__(self, app, needs_key, key_valid):
+        self.app = app
+        self.needs_key = needs_key
+        self.key_valid = key_valid
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            route = self.needs_key(scope)
+            if route is not None and not self.key_valid(dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")):
+                scope["route"] = route  # counted under its template, as if the route had answered
+                await _send_json(send, 401, UNAUTHORISED, [(b"www-authenticate", b"Bearer")])
+                return
+        await self.app(scope, receive, send)
+
+
+UNAUTHORISED = "a valid API key is required: send 'Authorization: Bearer <key>'"
+
+
+async def _send_json(send, status: int, detail: str, headers: list = ()) -> None:
     body = json.dumps({"detail": detail}).encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
     await send({"type": "http.response.body", "body": body})

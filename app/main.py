@@ -16,11 +16,13 @@ import torch
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.routing import Match
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import schemas
 from app.catalog import Catalog
-from app.limits import BodyLimit, RequestMetrics
+from app.limits import UNAUTHORISED, BodyLimit, KeyBeforeBody, RequestMetrics
 from app.metrics import (CATALOG_TRACKS, GPU_MEMORY, INDEX_VECTORS, INGESTED_AUDIO_SECONDS, INGESTED_TRACKS,
                          MODEL_INFO, READY, STORE_UP)
 from app.pipeline import ClipDurationError, Embedder, identify, ingest, make_record
@@ -64,8 +66,11 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
                   description="Which catalogue song is this clip a cover of? (ByteCover3)")
     app.state.settings = settings
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
+    router = _routes()
+    app.add_middleware(KeyBeforeBody, needs_key=lambda scope: _route_needing_key(router.routes, settings, scope),
+                       key_valid=lambda header: _key_valid(header, settings))
     app.add_middleware(RequestMetrics)
-    app.include_router(_routes())
+    app.include_router(router)
     app.add_exception_handler(AudioError, _audio_error)
     app.add_exception_handler(StoreUnavailable, _store_unavailable)
     return app
@@ -91,16 +96,18 @@ CatalogDep = Annotated[Catalog, Depends(catalog_dep)]
 EmbedderDep = Annotated[Embedder, Depends(embedder_dep)]
 
 
-def _check_key(request: Request, settings: Settings) -> None:
+def _key_valid(authorization: str, settings: Settings) -> bool:
     if not settings.api_keys:
-        return
-    header = request.headers.get("authorization", "")
-    offered = header[7:].encode() if header.lower().startswith("bearer ") else b""
+        return True
+    offered = authorization[7:].encode() if authorization.lower().startswith("bearer ") else b""
     # compare with every key, in constant time, so timing does not reveal a prefix
     valid = [hmac.compare_digest(offered, key.get_secret_value().encode()) for key in settings.api_keys]
-    if not any(valid):
-        raise HTTPException(401, "a valid API key is required: send 'Authorization: Bearer <key>'",
-                            headers={"WWW-Authenticate": "Bearer"})
+    return any(valid)
+
+
+def _check_key(request: Request, settings: Settings) -> None:
+    if not _key_valid(request.headers.get("authorization", ""), settings):
+        raise HTTPException(401, UNAUTHORISED, headers={"WWW-Authenticate": "Bearer"})
 
 
 def require_key(request: Request, settings: SettingsDep) -> None:
@@ -110,6 +117,19 @@ def require_key(request: Request, settings: SettingsDep) -> None:
 def require_identify_key(request: Request, settings: SettingsDep) -> None:
     if settings.identify_requires_key:
         _check_key(request, settings)
+
+
+def _route_needing_key(routes: list, settings: Settings, scope) -> Optional[APIRoute]:
+    """The route `scope` goes to, when its dependencies ask for a key under `settings`."""
+    if not settings.api_keys:
+        return None
+    for route in routes:
+        if isinstance(route, APIRoute) and route.matches(scope)[0] == Match.FULL:
+            checks = {d.dependency for d in route.dependencies}
+            if require_key in checks or (require_identify_key in checks and settings.identify_requires_key):
+                return route
+            return None
+    return None
 
 
 # -- routes ------------------------------------------------------------------------
@@ -249,6 +269,8 @@ def _metadata(text: Optional[str]) -> dict:
         raise HTTPException(422, f"metadata must be a JSON object: {err.msg} at position {err.pos}") from None
     except RecursionError:  # far deeper than the store's limit: the same answer
         raise HTTPException(422, METADATA_TOO_DEEP) from None
+    except ValueError as err:  # an integer past Python's digit limit: no JSON reader would round-trip it
+        raise HTTPException(422, f"metadata holds a number that cannot be stored: {err}") from None
     if not isinstance(value, dict):
         raise HTTPException(422, f"metadata must be a JSON object, not {type(value).__name__}")
     try:

@@ -9,8 +9,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_MODEL = REPO_ROOT / "models" / "weights" / "extractor.pt"
@@ -53,6 +54,20 @@ class Settings(BaseSettings):
         return self.data_dir / "index.snapshot"
 
 
+class SettingsInvalid(ValueError):
+    """A COVERID_* variable is malformed. The message names the variables, never their values (keys are secret)."""
+
+
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as err:
+        problems = "; ".join(f"{_variable(e['loc'])}: {e['msg']}" for e in err.errors(include_input=False, include_url=False))
+        raise SettingsInvalid(f"invalid settings: {problems}") from None
+    except SettingsError as err:  # the value of a list or dict variable is not JSON
+        raise SettingsInvalid(f"invalid settings: {err}; list and object values are JSON, e.g. COVERID_API_KEYS='[\"key\"]'") from None
+
+
+def _variable(location: tuple) -> str:
+    return f"COVERID_{str(location[0]).upper()}" if location else "settings"

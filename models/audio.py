@@ -58,8 +58,11 @@ def decode_audio(
     mono = frames[:, 0].contiguous() if frames.shape[1] == 1 else frames.mean(dim=1)
     if not bool(torch.isfinite(mono).all()):  # NaN and inf survive the channel mean
         raise AudioError("non_finite", "the audio contains NaN or infinite samples; re-export it from the source")
-    if float(mono.abs().max()) < SILENCE_PEAK:
+    peak = float(mono.abs().max())
+    if peak < SILENCE_PEAK:
         raise AudioError("silent", "the audio is silent (peak under -70 dBFS); upload a recording with music in it")
+    if peak > 1.0:  # float files hold any finite value; the model ignores level, and 1e25 would overflow the CQT
+        mono = mono / peak
     return resample(mono, rate, sample_rate)
 
 

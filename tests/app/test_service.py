@@ -100,6 +100,8 @@ def test_bad_input_gets_a_clear_4xx_and_loses_nothing(service, tracks):
             (add(client, tracks["tune-1"], metadata='{"bpm": NaN}'), 422),
             (add(client, tracks["tune-1"], metadata='{"a":' * 300 + "1" + "}" * 300), 422),  # past the limit
             (add(client, tracks["tune-1"], metadata="[" * 5000), 422),  # past json's recursion limit
+            (add(client, tracks["tune-1"], metadata='{"isrc": ' + "9" * 5000 + "}"), 422),  # past int()'s digit limit
+            (add(client, tracks["tune-1"], metadata='{"gain": 1e400}'), 422),  # no float holds it: inf
             (add(client, tracks["tune-1"], metadata='{"a": "' + "x" * 70000 + '"}'), 422),
             (add(client, tracks["tune-1"], track_id="bad id with spaces"), 422),
             (client.post("/catalog", files={"file": ("t", tracks["tune-1"])}), 401),
@@ -214,3 +216,33 @@ def test_concurrent_identify_ingest_and_delete_over_http(service, tracks):
             found = client.post("/identify", files={"file": ("t.flac", tracks[f"tune-{int(item['track_id'][-1]) % 3}"])},
                                 params={"top_k": 50}).json()
             assert item["track_id"] in [m["track_id"] for m in found["matches"]]
+
+
+def raw_request_head(url: str, head: str, first_body_bytes: int) -> str:
+    """Send a request's head and the first bytes of a much larger declared body; return what the server answers."""
+    import socket
+    from urllib.parse import urlparse
+
+    target = urlparse(url)
+    with socket.create_connection((target.hostname, target.port), timeout=10) as sock:
+        sock.sendall(head.encode() + bytes(first_body_bytes))
+        answer = b""
+        while not answer.endswith(b"}"):  # the head and the JSON body may come in separate packets
+            part = sock.recv(4096)
+            if not part:
+                break
+            answer += part
+        return answer.decode("latin-1")
+
+
+@pytest.mark.parametrize("service", ["sqlite"], indirect=True)
+def test_a_request_without_its_key_is_refused_before_the_body_is_read(service):
+    declared = 45 * 2**20  # far past the upload limit too: the key is checked first
+    for method, path in (("POST", "/catalog"), ("POST", "/catalog/batch"), ("DELETE", "/catalog/x")):
+        head = (f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                f"Content-Length: {declared}\r\n\r\n")
+        answer = raw_request_head(service.url, head, 64 * 1024)  # the server answers with 99.9% still unsent
+        assert answer.startswith("HTTP/1.1 401"), answer[:200]
+        assert "WWW-Authenticate: Bearer".lower() in answer.lower() and "API key" in answer
+    metrics = httpx.get(f"{service.url}/metrics").text
+    assert 'coverid_requests_total{method="POST",route="/catalog",status="401"}' in metrics

@@ -147,3 +147,22 @@ def test_rates_without_a_small_ratio_resample_correctly(rate):
     waveform = resample(torch.from_numpy(tone(1000.0, 3.0, rate, harmonics=1)), rate, SAMPLE_RATE)
     assert waveform.shape[0] == int(np.ceil(3.0 * rate * SAMPLE_RATE / rate))
     assert abs(dominant_frequency(waveform, SAMPLE_RATE) - 1000.0) < 1.0
+
+
+def test_float_audio_with_huge_finite_samples_is_scaled_not_overflowed(narrow_artifact):
+    from models.extractor import load_extractor
+
+    sine = tone(440.0, 8.0)
+    huge = encode(sine.astype(np.float64) * 1e25, SAMPLE_RATE, "WAV", "DOUBLE")
+    waveform = decode_audio(huge, SAMPLE_RATE)
+    assert float(waveform.abs().max()) == pytest.approx(1.0)
+    assert torch.allclose(waveform, torch.from_numpy(sine) / float(np.abs(sine).max()), atol=1e-5)
+    extractor = load_extractor(narrow_artifact[0], "cpu")
+    embeddings = extractor.embed_waveform(extractor.decode(huge))
+    assert torch.isfinite(embeddings.vectors).all()
+
+
+def test_ordinary_levels_are_left_alone():
+    quiet = tone(440.0, 4.0, amplitude=0.1)
+    waveform = decode_audio(encode(quiet, SAMPLE_RATE, "WAV", "FLOAT"), SAMPLE_RATE)
+    assert float(waveform.abs().max()) == pytest.approx(float(np.abs(quiet).max()), rel=1e-5)

@@ -1,0 +1,38 @@
+"""Settings errors name the variable and never echo its value: API keys are secrets."""
+
+import subprocess
+import sys
+
+import pytest
+
+from app.settings import SettingsInvalid, get_settings
+
+SECRET = "sekrit-key-0123456789"
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings():
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("value", [SECRET, f'{{"a": "{SECRET}"}}', f'[["{SECRET}"]]', f'"{SECRET}"', f'["{SECRET}", 5'])
+def test_a_malformed_key_list_is_refused_without_showing_the_key(monkeypatch, value):
+    monkeypatch.setenv("COVERID_API_KEYS", value)
+    with pytest.raises(SettingsInvalid) as raised:
+        get_settings()
+    assert "API_KEYS" in str(raised.value).upper() and SECRET not in str(raised.value)
+
+
+def test_a_bad_number_names_its_variable(monkeypatch):
+    monkeypatch.setenv("COVERID_K_NEIGHBOURS", "many")
+    with pytest.raises(SettingsInvalid, match="COVERID_K_NEIGHBOURS: Input should be a valid integer"):
+        get_settings()
+
+
+def test_serve_with_a_malformed_key_list_exits_with_a_message_and_no_secret():
+    done = subprocess.run([sys.executable, "-m", "app.cli", "serve"], capture_output=True, text=True, timeout=120,
+                          env={"COVERID_API_KEYS": f'{{"a": "{SECRET}"}}', "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 2
+    assert "COVERID_API_KEYS" in done.stderr and SECRET not in done.stderr + done.stdout

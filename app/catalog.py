@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from app.store import CatalogStore, TrackRecord
+from app.store import CatalogStore, StoreUnavailable, TrackRecord
 from index.local_index import LocalIndex, read_header
 
 
@@ -30,11 +30,13 @@ class CatalogMismatch(ValueError):
 
 
 class Catalog:
-    def __init__(self, store: CatalogStore, index: LocalIndex, model_id: str):
+    def __init__(self, store: CatalogStore, index: LocalIndex, model_id: str, store_retry_s: float = 5.0):
         self.store = store
         self.index = index
         self.model_id = model_id
+        self.store_retry_s = store_retry_s
         self._writes = threading.Lock()  # store and index change together, one track at a time
+        self._store_down_until = 0.0  # monotonic time before which describe() does not ask the store
 
     @classmethod
     def open(
@@ -46,6 +48,7 @@ class Catalog:
         k_neighbours: int = 50,
         ef_search: int = 100,
         m: int = 16,
+        store_retry_s: float = 5.0,
     ) -> tuple["Catalog", str]:
         """Open over `store`; returns the catalogue and how its index was built ("snapshot" or "rebuilt")."""
         foreign = sorted(store.model_ids() - {model_id})
@@ -67,7 +70,7 @@ class Catalog:
                     index.add_many(batch)
                     batch = []
             index.add_many(batch)
-        return cls(store, index, model_id), how
+        return cls(store, index, model_id, store_retry_s), how
 
     def ingest(self, record: TrackRecord, replace: bool = False) -> None:
         """Store then index one track; searchable when this returns."""
@@ -92,6 +95,21 @@ class Catalog:
             if self.index.contains(track_id):
                 self.index.remove(track_id)
             return removed
+
+    def describe(self, track_ids: list[str]) -> Optional[dict[str, Optional[TrackRecord]]]:
+        """The stored records (no vectors) of these tracks, or None when the store does not answer.
+
+        The index ranks without the store, so a caller can answer without titles. After a failure the
+        store is not asked again for `store_retry_s`: a frozen store costs one request its timeout, not all.
+        """
+        if time.monotonic() < self._store_down_until:
+            return None
+        try:
+            return {track_id: self.store.get(track_id) for track_id in track_ids}
+        except StoreUnavailable as err:
+            log.warning("catalogue store unavailable, answering without titles for %.0f s: %s", self.store_retry_s, err)
+            self._store_down_until = time.monotonic() + self.store_retry_s
+            return None
 
     def get(self, track_id: str) -> Optional[TrackRecord]:
         return self.store.get(track_id)

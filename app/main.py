@@ -42,9 +42,9 @@ async def lifespan(app: FastAPI):
     settings: Settings = app.state.settings
     logging.basicConfig(level=settings.log_level.upper())
     extractor = load_extractor(settings.model_path, settings.device)
-    store = open_store(settings.data_dir, settings.redis_url)
+    store = open_store(settings.data_dir, settings.redis_url, settings.store_timeout_s)
     catalog, how = Catalog.open(store, extractor.model_id, extractor.config.embedding_dim, settings.snapshot_path,
-                                settings.k_neighbours, settings.ef_search, settings.hnsw_m)
+                                settings.k_neighbours, settings.ef_search, settings.hnsw_m, settings.retry_after_s)
     log.info("model %s on %s; %d tracks, index %s", extractor.model_id, extractor.device, store.count(), how)
     app.state.embedder = Embedder(extractor)
     app.state.catalog = catalog
@@ -232,6 +232,7 @@ def _routes():
         return schemas.IdentifyResponse(
             matches=[schemas.Match(**vars(m)) for m in result.matches], query_duration_s=result.query_duration_s,
             n_segments=result.n_segments, timings_ms=result.timings_ms,
+            metadata_unavailable=result.metadata_unavailable,
         )
 
     @router.get("/healthz", response_model=schemas.Health)
@@ -241,10 +242,12 @@ def _routes():
     @router.get("/readyz", response_model=schemas.Health)
     def readyz(request: Request) -> JSONResponse:
         catalog: Optional[Catalog] = getattr(request.app.state, "catalog", None)
+        retry = {"Retry-After": str(request.app.state.settings.retry_after_s)}
         if catalog is None:
-            return JSONResponse({"status": "starting"}, status_code=503)
+            return JSONResponse({"status": "starting", "detail": "loading the model and the catalogue"}, 503, retry)
         if not catalog.store.ping():
-            return JSONResponse({"status": "unavailable", "detail": "the catalogue store does not answer"}, 503)
+            return JSONResponse({"status": "unavailable", "detail": f"the catalogue store ({catalog.store.location}) does "
+                                 "not answer; /identify still answers from memory, without titles"}, 503, retry)
         body = schemas.Health(status="ready", model_id=catalog.model_id, tracks=catalog.store.count(),
                               vectors=catalog.index.vector_count)
         return JSONResponse(body.model_dump())
@@ -323,7 +326,9 @@ async def _audio_error(request: Request, err: AudioError) -> JSONResponse:
 
 async def _store_unavailable(request: Request, err: StoreError) -> JSONResponse:
     log.error("store unavailable: %s", err)
-    return JSONResponse({"detail": "the catalogue store is unavailable; retry later"}, status_code=503)
+    retry_after = request.app.state.settings.retry_after_s
+    return JSONResponse({"detail": f"the catalogue store is unavailable; retry in {retry_after} s"}, status_code=503,
+                        headers={"Retry-After": str(retry_after)})
 
 
 app = create_app()

@@ -55,6 +55,7 @@ class Identification:
     query_duration_s: float
     n_segments: int
     timings_ms: dict[str, float]
+    metadata_unavailable: bool = False  # the store did not answer: matches carry no title or artist
 
 
 class Embedder:
@@ -145,15 +146,17 @@ def identify(
     )
     for stage, seconds in stages.items():
         clock.add(stage, seconds)
+    if min_score is not None:
+        matches = [m for m in matches if m.score >= min_score]
+    records = catalog.describe([m.track_id for m in matches])
     results = []
     for match in matches:
-        if min_score is not None and match.score < min_score:
-            break
-        record = catalog.get(match.track_id)
-        if record is None:  # deleted between the search and now
+        if records is not None and records[match.track_id] is None:  # deleted between the search and now
             continue
-        results.append(MatchResult(match.track_id, record.title, record.artist, round(match.score, 5),
-                                   round(float(match.query_start_s), 3), round(float(match.reference_start_s), 3)))
+        record = records[match.track_id] if records is not None else None
+        results.append(MatchResult(match.track_id, record.title if record else None, record.artist if record else None,
+                                   round(match.score, 5), round(float(match.query_start_s), 3),
+                                   round(float(match.reference_start_s), 3)))
     clock.seconds["total"] = time.perf_counter() - started
     return Identification(results, round(embeddings.duration_s, 3), int(embeddings.vectors.shape[0]),
-                          clock.milliseconds())
+                          clock.milliseconds(), metadata_unavailable=records is None)

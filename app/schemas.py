@@ -52,6 +52,8 @@ class IdentifyResponse(BaseModel):
     query_duration_s: float
     n_segments: int
     timings_ms: dict[str, float]
+    metadata_unavailable: bool = Field(False, description="true when the catalogue store did not answer: the "
+                                       "matches are ranked as usual but carry no title or artist")
 
 
 class Health(BaseModel):

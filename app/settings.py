@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     # catalogue
     data_dir: Path = Field(Path("data"), description="embedded store (SQLite) and index snapshot")
     redis_url: Optional[str] = Field(None, description="use Redis as the store instead of SQLite")
+    store_timeout_s: float = Field(5.0, gt=0, le=300, description="longest wait for one store call (one socket read "
+                                   "for Redis, one lock for SQLite): a frozen store costs a request at most this")
+    retry_after_s: int = Field(5, ge=1, le=3600, description="Retry-After of a 503; how long /identify then "
+                               "answers from memory without asking the store")
     # retrieval (ByteCover3 section 2.3)
     # Measured at 100k tracks (BENCHMARKS.md): the paper's K = 50 loses recall even with exact neighbours,
     # and M 16 loses it in the graph; K 200, ef 400, M 32 reach recall@10 0.994 at 99x all-pairs speed

@@ -15,8 +15,10 @@ __all__ = [
 ]
 
 
-def open_store(data_dir: Path, redis_url: Optional[str] = None) -> CatalogStore:
-    """Redis when a URL is given (several replicas can share it), else a SQLite file in data_dir."""
+def open_store(data_dir: Path, redis_url: Optional[str] = None, timeout_s: float = 30.0) -> CatalogStore:
+    """Redis when a URL is given (several replicas can share it), else a SQLite file in data_dir.
+
+    `timeout_s` bounds one store call (Redis: the socket timeout; SQLite: the wait for a lock)."""
     if redis_url:
-        return RedisStore(redis_url)
-    return SQLiteStore(data_dir)
+        return RedisStore(redis_url, timeout_s=timeout_s)
+    return SQLiteStore(data_dir, busy_timeout_s=timeout_s)

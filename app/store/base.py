@@ -198,6 +198,11 @@ class CatalogStore(abc.ABC):
     def model_ids(self) -> set[str]:
         """The distinct model ids of the stored embeddings."""
 
+    @property
+    @abc.abstractmethod
+    def location(self) -> str:
+        """Where the store is, for messages (a Redis URL without its password, a file path)."""
+
     @abc.abstractmethod
     def ping(self) -> bool:
         """True when the backend answers; never raises."""

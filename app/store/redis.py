@@ -43,7 +43,7 @@ from app.store.base import (
 
 SCHEMA_VERSION = 1
 CONNECT_TIMEOUT_S = 2.0
-SOCKET_TIMEOUT_S = 30.0  # a batch of iter_records can be tens of MB
+SOCKET_TIMEOUT_S = 30.0  # default; it bounds each socket read, so a reply of tens of MB streams through
 META_FIELDS = (b"meta", b"model", b"n", b"dim", b"starts")
 
 # KEYS: track hash, tracks zset, models hash, vector counter
@@ -102,7 +102,7 @@ def redact_url(url: str) -> str:
 
 
 class RedisStore(CatalogStore):
-    def __init__(self, url: str, prefix: str = "coverid") -> None:
+    def __init__(self, url: str, prefix: str = "coverid", timeout_s: float = SOCKET_TIMEOUT_S) -> None:
         self.url = redact_url(url)
         self.prefix = prefix
         self._tracks = f"{prefix}:tracks"
@@ -111,11 +111,12 @@ class RedisStore(CatalogStore):
         self._closed = False
         try:
             # One quick retry rides out a dropped idle connection; put() stays exactly-once through its write_id.
+            # A timeout is not retried: a frozen server would cost twice the timeout.
             self._client = redis.Redis.from_url(
                 url,
-                socket_connect_timeout=CONNECT_TIMEOUT_S,
-                socket_timeout=SOCKET_TIMEOUT_S,
-                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
+                socket_connect_timeout=min(CONNECT_TIMEOUT_S, timeout_s),
+                socket_timeout=timeout_s,
+                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1, supported_errors=(redis.ConnectionError,)),
                 health_check_interval=30,
             )
         except ValueError as err:
@@ -232,6 +233,10 @@ class RedisStore(CatalogStore):
                 yield from batch
             if cursor == 0:
                 return
+
+    @property
+    def location(self) -> str:
+        return self.url
 
     def ping(self) -> bool:
         try:

@@ -41,7 +41,7 @@ from app.store.base import (
 
 FILENAME = "catalog.sqlite3"
 SCHEMA_VERSION = 1
-BUSY_TIMEOUT_S = 30.0
+BUSY_TIMEOUT_S = 30.0  # default wait for another writer's lock
 
 SCHEMA = """
 CREATE TABLE tracks (
@@ -86,8 +86,9 @@ INSERT = f"INSERT INTO tracks ({META_COLUMNS}, vectors) VALUES (?, ?, ?, ?, ?, ?
 
 
 class SQLiteStore(CatalogStore):
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
         self.path = Path(data_dir) / FILENAME
+        self.busy_timeout_s = busy_timeout_s
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._registry_lock = threading.Lock()
@@ -107,7 +108,7 @@ class SQLiteStore(CatalogStore):
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: no implicit transactions; every write opens BEGIN IMMEDIATE itself.
         # check_same_thread=False only so close() can close every thread's connection.
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA synchronous = FULL")
         return conn
 
@@ -246,6 +247,10 @@ class SQLiteStore(CatalogStore):
             if len(rows) < batch_size:
                 return
             after = rows[-1][0]
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
 
     def ping(self) -> bool:
         try:

@@ -1,0 +1,92 @@
+"""A frozen or stopped Redis: /identify keeps answering from memory, everything else fails fast with Retry-After."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import time
+
+import httpx
+import pytest
+import soundfile as sf
+
+from tests.app.conftest import RedisServer, ServiceProcess
+from tests.conftest import SAMPLE_RATE, tune
+
+TIMEOUT_S = 1.0
+RETRY_AFTER_S = 3
+
+
+def wav(seconds: float, seed: int, start_s: float = 0.0) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, tune(seconds, seed=seed)[int(start_s * SAMPLE_RATE):], SAMPLE_RATE, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def service_on_redis(tmp_path, narrow_artifact):
+    (tmp_path / "redis").mkdir()
+    server = RedisServer(shutil.which("redis-server") or pytest.fail("redis-server is not on PATH"), tmp_path / "redis")
+    server.start()
+    service = ServiceProcess({"COVERID_MODEL_PATH": str(narrow_artifact[0]), "COVERID_DEVICE": "cpu",
+                              "COVERID_DATA_DIR": str(tmp_path / "data"), "COVERID_REDIS_URL": server.url,
+                              "COVERID_STORE_TIMEOUT_S": str(TIMEOUT_S), "COVERID_RETRY_AFTER_S": str(RETRY_AFTER_S)},
+                             tmp_path / "service.log")
+    service.start()
+    with httpx.Client(base_url=service.url, timeout=60) as client:
+        for seed in range(2):
+            answer = client.post("/catalog", files={"file": ("t.wav", wav(30, seed))},
+                                 data={"track_id": f"song-{seed}", "title": f"Song {seed}"})
+            assert answer.status_code == 201, answer.text
+        yield server, client
+    if server.process.poll() is None:
+        os.kill(server.process.pid, signal.SIGCONT)  # never leave a stopped process behind
+    service.stop()
+    server.stop()
+
+
+def timed(call):
+    started = time.monotonic()
+    answer = call()
+    return answer, time.monotonic() - started
+
+
+def identify(client: httpx.Client) -> httpx.Response:
+    return client.post("/identify", files={"file": ("clip.wav", wav(30, 1, start_s=15))})
+
+
+def test_a_frozen_redis_costs_at_most_the_store_timeout(service_on_redis):
+    server, client = service_on_redis
+    assert identify(client).json()["matches"][0]["title"] == "Song 1"
+    os.kill(server.process.pid, signal.SIGSTOP)
+
+    first, seconds = timed(lambda: identify(client))
+    assert first.status_code == 200 and seconds < TIMEOUT_S + 5
+    body = first.json()
+    assert body["metadata_unavailable"] is True
+    assert body["matches"][0]["track_id"] == "song-1" and body["matches"][0]["title"] is None
+    second, seconds = timed(lambda: identify(client))  # the store is not asked again within Retry-After
+    assert second.status_code == 200 and second.json()["metadata_unavailable"] and seconds < TIMEOUT_S
+
+    for call in (lambda: client.get("/readyz"), lambda: client.get("/catalog/song-0")):
+        answer, seconds = timed(call)
+        assert answer.status_code == 503 and seconds < 2 * TIMEOUT_S + 5, (answer.text, seconds)
+        assert answer.headers["Retry-After"] == str(RETRY_AFTER_S) and "store" in answer.json()["detail"]
+
+    os.kill(server.process.pid, signal.SIGCONT)
+    time.sleep(RETRY_AFTER_S + 0.5)
+    assert client.get("/readyz").status_code == 200
+    back = identify(client).json()
+    assert back["metadata_unavailable"] is False and back["matches"][0]["title"] == "Song 1"
+
+
+def test_a_stopped_redis_still_lets_identify_answer(service_on_redis):
+    server, client = service_on_redis
+    server.stop(crash=True)
+    answer = identify(client)
+    assert answer.status_code == 200 and answer.json()["metadata_unavailable"] is True
+    assert answer.json()["matches"][0]["track_id"] == "song-1"
+    ingest = client.post("/catalog", files={"file": ("t.wav", wav(30, 5))})
+    assert ingest.status_code == 503 and ingest.headers["Retry-After"] == str(RETRY_AFTER_S)

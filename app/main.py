@@ -25,7 +25,7 @@ from app.catalog import Catalog
 from app.limits import UNAUTHORISED, BodyLimit, KeyBeforeBody, RequestMetrics
 from app.metrics import (CATALOG_TRACKS, GPU_MEMORY, INDEX_VECTORS, INGESTED_AUDIO_SECONDS, INGESTED_TRACKS,
                          MODEL_INFO, READY, STORE_UP)
-from app.pipeline import ClipDurationError, Embedder, identify, ingest, make_record
+from app.pipeline import ClipDurationError, Embedder, Overloaded, identify, ingest, make_record
 from app.settings import Settings, get_settings
 from app.store import StoreError, StoreUnavailable, TrackExists, TrackRecord, open_store
 from app.store.base import MAX_PAGE_END, METADATA_TOO_DEEP, metadata_json
@@ -46,7 +46,7 @@ async def lifespan(app: FastAPI):
     catalog, how = Catalog.open(store, extractor.model_id, extractor.config.embedding_dim, settings.snapshot_path,
                                 settings.k_neighbours, settings.ef_search, settings.hnsw_m, settings.retry_after_s)
     log.info("model %s on %s; %d tracks, index %s", extractor.model_id, extractor.device, store.count(), how)
-    app.state.embedder = Embedder(extractor)
+    app.state.embedder = Embedder(extractor, settings.queue_size, settings.queue_wait_s)
     app.state.catalog = catalog
     MODEL_INFO.labels(extractor.model_id, str(extractor.device)).set(1)
     _update_gauges(catalog)
@@ -73,6 +73,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.include_router(router)
     app.add_exception_handler(AudioError, _audio_error)
     app.add_exception_handler(StoreUnavailable, _store_unavailable)
+    app.add_exception_handler(Overloaded, _overloaded)
     return app
 
 
@@ -182,6 +183,8 @@ def _routes():
                 items.append(schemas.BatchItem(filename=name, status=201, track=_track(record)))
             except AudioError as err:
                 items.append(schemas.BatchItem(filename=name, status=_audio_status(err), error=str(err)))
+            except Overloaded as err:  # this file only: the ones already embedded are still stored
+                items.append(schemas.BatchItem(filename=name, status=503, error=str(err)))
         if records:  # one store write for the batch: acknowledged only once all of it is durable
             await run_in_threadpool(catalog.ingest_many, records)
         _update_gauges(catalog)
@@ -328,6 +331,12 @@ async def _store_unavailable(request: Request, err: StoreError) -> JSONResponse:
     log.error("store unavailable: %s", err)
     retry_after = request.app.state.settings.retry_after_s
     return JSONResponse({"detail": f"the catalogue store is unavailable; retry in {retry_after} s"}, status_code=503,
+                        headers={"Retry-After": str(retry_after)})
+
+
+async def _overloaded(request: Request, err: Overloaded) -> JSONResponse:
+    retry_after = request.app.state.settings.retry_after_s
+    return JSONResponse({"detail": f"{err} (in {retry_after} s)"}, status_code=503,
                         headers={"Retry-After": str(retry_after)})
 
 

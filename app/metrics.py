@@ -26,6 +26,11 @@ STAGE_SECONDS = Histogram(
     "search (HNSW first stage), rerank (batched MaxMean), store (catalogue writes).",
     ["stage"], buckets=BUCKETS,
 )
+QUEUE_DEPTH = Gauge("coverid_model_queue_depth",
+                    "Requests holding or waiting for the model (decode, embed), at most COVERID_QUEUE_SIZE.")
+REJECTED = Counter("coverid_rejected_requests", "Requests refused with 503 before using the model, by reason: "
+                   "queue_full (COVERID_QUEUE_SIZE requests already in) or wait (no model turn within "
+                   "COVERID_QUEUE_WAIT_S).", ["reason"])
 CATALOG_TRACKS = Gauge("coverid_catalog_tracks", "Tracks in the catalogue.")
 INDEX_VECTORS = Gauge("coverid_index_vectors", "Local embeddings in the search index.")
 INGESTED_TRACKS = Counter("coverid_ingested_tracks", "Tracks added to the catalogue (single and batch ingest).")

@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from app.catalog import Catalog
-from app.metrics import STAGE_SECONDS
+from app.metrics import QUEUE_DEPTH, REJECTED, STAGE_SECONDS
 from app.store import TrackRecord
 from models.extractor import LoadedExtractor, LocalEmbeddings
 
@@ -58,12 +58,25 @@ class Identification:
     metadata_unavailable: bool = False  # the store did not answer: matches carry no title or artist
 
 
-class Embedder:
-    """The loaded extractor behind one lock, timing decode and embed separately."""
+class Overloaded(Exception):
+    """The model's queue is full, or its turn did not come in time: answer 503 with Retry-After."""
 
-    def __init__(self, extractor: LoadedExtractor):
+
+class Embedder:
+    """The loaded extractor behind one lock, timing decode and embed separately.
+
+    Admission is bounded: at most `queue_size` requests decode, embed or wait for the model at once,
+    and none waits for its turn longer than `queue_wait_s`; the rest are refused at once (Overloaded).
+    Latency of accepted requests then stays bounded under any load, instead of growing with the queue.
+    """
+
+    def __init__(self, extractor: LoadedExtractor, queue_size: int = 16, queue_wait_s: float = 2.0):
         self.extractor = extractor
+        self.queue_size = queue_size
+        self.queue_wait_s = queue_wait_s
         self._lock = threading.Lock()
+        self._admitted = 0
+        self._admission = threading.Lock()
 
     @property
     def model_id(self) -> str:
@@ -74,14 +87,36 @@ class Embedder:
         return self.extractor.device
 
     def embed(self, data: bytes, max_seconds: float, clock: StageClock) -> LocalEmbeddings:
-        started = time.perf_counter()
-        waveform = self.extractor.decode(data, max_seconds=max_seconds)
-        decoded = time.perf_counter()
-        clock.add("decode", decoded - started)
-        with self._lock:
-            embeddings = self.extractor.embed_waveform(waveform)
-        clock.add("embed", time.perf_counter() - decoded)
-        return embeddings
+        self._admit()
+        try:
+            started = time.perf_counter()
+            waveform = self.extractor.decode(data, max_seconds=max_seconds)
+            decoded = time.perf_counter()
+            clock.add("decode", decoded - started)
+            if not self._lock.acquire(timeout=self.queue_wait_s):
+                REJECTED.labels("wait").inc()
+                raise Overloaded(f"the model was busy for {self.queue_wait_s:g} s; retry later")
+            try:
+                embeddings = self.extractor.embed_waveform(waveform)
+            finally:
+                self._lock.release()
+            clock.add("embed", time.perf_counter() - decoded)
+            return embeddings
+        finally:
+            self._leave()
+
+    def _admit(self) -> None:
+        with self._admission:
+            if self._admitted >= self.queue_size:
+                REJECTED.labels("queue_full").inc()
+                raise Overloaded(f"{self.queue_size} requests are already being served; retry later")
+            self._admitted += 1
+            QUEUE_DEPTH.set(self._admitted)
+
+    def _leave(self) -> None:
+        with self._admission:
+            self._admitted -= 1
+            QUEUE_DEPTH.set(self._admitted)
 
 
 def make_record(

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     ef_search: int = Field(400, ge=1, description="HNSW beam width; raised to k_neighbours when lower")
     hnsw_m: int = Field(32, ge=4, le=128, description="HNSW links per node; fixed when the index is built")
     max_top_k: int = Field(200, ge=1)
+    # back-pressure: beyond these a request gets 503 + Retry-After at once instead of queueing without bound
+    queue_size: int = Field(16, ge=1, le=10000, description="requests decoding, embedding or waiting for the model")
+    queue_wait_s: float = Field(2.0, gt=0, le=300, description="longest wait for the model's turn")
     # limits
     max_upload_bytes: int = Field(50 * 2**20, ge=1024, description="largest request body")
     min_clip_seconds: float = Field(3.0, gt=0)

@@ -31,6 +31,8 @@ QUEUE_DEPTH = Gauge("coverid_model_queue_depth",
 REJECTED = Counter("coverid_rejected_requests", "Requests refused with 503 before using the model, by reason: "
                    "queue_full (COVERID_QUEUE_SIZE requests already in) or wait (no model turn within "
                    "COVERID_QUEUE_WAIT_S).", ["reason"])
+for _reason in ("queue_full", "wait"):  # known label values start at 0, so rates exist before the first 503
+    REJECTED.labels(_reason)
 CATALOG_TRACKS = Gauge("coverid_catalog_tracks", "Tracks in the catalogue.")
 INDEX_VECTORS = Gauge("coverid_index_vectors", "Local embeddings in the search index.")
 INGESTED_TRACKS = Counter("coverid_ingested_tracks", "Tracks added to the catalogue (single and batch ingest).")

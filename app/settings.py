@@ -43,7 +43,9 @@ class Settings(BaseSettings):
     # limits
     max_upload_bytes: int = Field(50 * 2**20, ge=1024, description="largest request body")
     min_clip_seconds: float = Field(3.0, gt=0)
-    max_clip_seconds: float = Field(300.0, gt=0)
+    # a whole uploaded track is a fair query: by default as long as a catalogue track may be (decoding
+    # streams, so its memory is the resampled audio, about 5 MB a minute)
+    max_clip_seconds: Optional[float] = Field(None, gt=0, description="longest /identify query; unset: max_track_seconds")
     max_track_seconds: float = Field(1200.0, gt=0, description="longest audio accepted, in seconds")
     # security
     api_keys: list[SecretStr] = Field(default_factory=list, description="JSON list; empty: no key needed")
@@ -52,6 +54,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> "Settings":
+        if self.max_clip_seconds is None:
+            self.max_clip_seconds = self.max_track_seconds
         if self.min_clip_seconds > self.max_clip_seconds:
             raise ValueError(f"min_clip_seconds {self.min_clip_seconds} > max_clip_seconds {self.max_clip_seconds}")
         return self

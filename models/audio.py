@@ -46,24 +46,92 @@ def decode_audio(
     max_seconds: float | None = None,
     min_seconds: float = MIN_SECONDS,
 ) -> torch.Tensor:
-    """Decode, check, mix to mono and resample. Returns a (samples,) float32 tensor."""
-    data, rate = _read(source, max_seconds)
-    seconds = data.shape[0] / rate
-    if data.shape[0] == 0:
+    """Decode, check, mix to mono and resample. Returns a (samples,) float32 tensor.
+
+    The file is read DECODE_BLOCK_FRAMES frames at a time, each block mixed to mono and resampled as it
+    comes (StreamingResampler): peak memory is the output plus a few blocks, whatever the file's rate,
+    channel count and length (a 384 kHz 8-channel file once took 5 GB decoded whole).
+    """
+    resampler: StreamingResampler | None = None
+    pieces: list[torch.Tensor] = []
+    peak = 0.0
+
+    def take(rate: int, block: np.ndarray) -> None:
+        nonlocal resampler, peak
+        frames = torch.from_numpy(block)
+        # torch's reductions, not numpy's: numpy's strided mean over channels costs ~20 ms per 30 s
+        mono = frames[:, 0].contiguous() if frames.shape[1] == 1 else frames.mean(dim=1)
+        if not bool(torch.isfinite(mono).all()):  # NaN and inf survive the channel mean
+            raise AudioError("non_finite", "the audio contains NaN or infinite samples; re-export it from the source")
+        peak = max(peak, float(mono.abs().max()))
+        resampler = resampler or StreamingResampler(rate, sample_rate)
+        pieces.append(resampler.push(mono))
+
+    count, rate = _read(source, max_seconds, take)
+    seconds = count / rate
+    if count == 0:
         raise AudioError("no_samples", "the file decodes to zero samples; upload audio that contains sound")
     if seconds < min_seconds:
         raise AudioError("too_short", f"the audio lasts {seconds:.2f} s; at least {min_seconds:g} s is needed")
-    frames = torch.from_numpy(data)
-    # torch's reductions, not numpy's: numpy's strided mean over channels costs ~20 ms per 30 s
-    mono = frames[:, 0].contiguous() if frames.shape[1] == 1 else frames.mean(dim=1)
-    if not bool(torch.isfinite(mono).all()):  # NaN and inf survive the channel mean
-        raise AudioError("non_finite", "the audio contains NaN or infinite samples; re-export it from the source")
-    peak = float(mono.abs().max())
     if peak < SILENCE_PEAK:
         raise AudioError("silent", "the audio is silent (peak under -70 dBFS); upload a recording with music in it")
+    pieces.append(resampler.finish())
+    out = torch.cat(pieces)
     if peak > 1.0:  # float files hold any finite value; the model ignores level, and 1e25 would overflow the CQT
-        mono = mono / peak
-    return resample(mono, rate, sample_rate)
+        out = out / peak
+    return out
+
+
+DECODE_BLOCK_FRAMES = 2**16  # source frames read, mixed down and resampled at a time
+
+
+class StreamingResampler:
+    """`resample` applied to a signal that arrives in pieces, with the same output as on the whole.
+
+    Input is consumed in stretches of whole resampling periods (`step_in` samples), each with `context`
+    samples of real signal on both sides, so every output sample sees exactly the inputs it would see
+    in one call. Rate pairs without a small ratio (the FFT path) collect the input and resample at the end.
+    """
+
+    def __init__(self, orig: int, new: int):
+        self.orig, self.new = orig, new
+        self.plan = None if orig == new else _resampling_plan(orig, new)
+        self.buffer = torch.zeros(0)
+        self.consumed = 0  # input samples whose outputs are out
+        self.emitted = 0
+        self.total_in = 0
+        if self.plan is not None:
+            _, step_in, step_out, width, kernel_size = self.plan
+            self.step_in, self.step_out = step_in, step_out
+            self.context = -(-(width + kernel_size) // step_in) * step_in  # whole periods, past the kernel's reach
+            self.stretch = max(1, DECODE_BLOCK_FRAMES // step_in) * step_in
+            self.buffer = torch.zeros(self.context)  # the silence `resample` pads before the start
+
+    def push(self, samples: torch.Tensor) -> torch.Tensor:
+        self.total_in += samples.shape[0]
+        if self.orig == self.new:
+            return samples.contiguous()
+        self.buffer = torch.cat([self.buffer, samples])
+        if self.plan is None:
+            return torch.zeros(0)
+        out = []
+        while self.buffer.shape[0] >= 2 * self.context + self.stretch:
+            window = self.buffer[: 2 * self.context + self.stretch]
+            first = self.context // self.step_in * self.step_out
+            out.append(resample(window, self.orig, self.new)[first : first + self.stretch // self.step_in * self.step_out])
+            self.buffer = self.buffer[self.stretch :]
+        produced = torch.cat(out) if out else torch.zeros(0)
+        self.emitted += produced.shape[0]
+        return produced
+
+    def finish(self) -> torch.Tensor:
+        if self.orig == self.new:
+            return torch.zeros(0)
+        if self.plan is None:
+            return resample(self.buffer, self.orig, self.new)
+        wanted = math.ceil(self.new * self.total_in / self.orig) - self.emitted
+        first = self.context // self.step_in * self.step_out
+        return resample(self.buffer, self.orig, self.new)[first : first + wanted].contiguous()
 
 
 # torchaudio's windowed-sinc kernel, applied as a blocked matrix product: torchaudio
@@ -126,8 +194,9 @@ def _fft_resample(waveform: torch.Tensor, orig: int, new: int) -> torch.Tensor:
     return (torch.fft.irfft(spectrum, n=target) * (target / length)).float()
 
 
-def _read(source: AudioSource, max_seconds: float | None) -> tuple[np.ndarray, int]:
-    """(frames, channels) float32 and the source rate, after the header checks."""
+def _read(source: AudioSource, max_seconds: float | None, take) -> tuple[int, int]:
+    """Hand the file to `take(rate, block)` block by block ((frames, channels) float32) after the header
+    checks; returns (frames read, source rate)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise AudioError("empty", "the upload is empty (0 bytes); send an audio file")
@@ -139,15 +208,24 @@ def _read(source: AudioSource, max_seconds: float | None) -> tuple[np.ndarray, i
         if path.stat().st_size == 0:
             raise AudioError("empty", f"{str(path)!r} is empty (0 bytes)")
         handle = str(path)
+    count = 0
     try:
         with sf.SoundFile(handle) as f:
             _check_header(f.samplerate, f.channels, f.frames, max_seconds)
+            rate = f.samplerate
             # Read at most one frame past the limit: a file that lies in its header
             # about its length still cannot make us decode hours of audio.
-            limit = -1 if max_seconds is None else int(max_seconds * f.samplerate) + 1
-            data = f.read(frames=limit, dtype="float32", always_2d=True)
+            limit = None if max_seconds is None else int(max_seconds * rate) + 1
+            while limit is None or count < limit:
+                want = DECODE_BLOCK_FRAMES if limit is None else min(DECODE_BLOCK_FRAMES, limit - count)
+                block = f.read(frames=want, dtype="float32", always_2d=True)
+                if block.shape[0] == 0:
+                    break
+                count += block.shape[0]
+                if max_seconds is not None and count > max_seconds * rate:
+                    raise AudioError("too_long", f"the audio is longer than the {max_seconds:g} s limit; send a shorter file")
+                take(rate, block)
             declared = f.frames
-            rate = f.samplerate
             wav_shortfall = _wav_shortfall_bytes(f.extra_info)
     except AudioError:
         raise
@@ -160,18 +238,16 @@ def _read(source: AudioSource, max_seconds: float | None) -> tuple[np.ndarray, i
         raise AudioError(
             "corrupt", f"the WAV file is truncated: {wav_shortfall} bytes of audio data are missing; re-upload the complete file"
         )
-    if max_seconds is not None and data.shape[0] > max_seconds * rate:
-        raise AudioError("too_long", f"the audio is longer than the {max_seconds:g} s limit; send a shorter file")
     # libsndfile pads nothing: fewer frames than the header declares means the file was cut.
-    if 0 < declared < 2**62 and data.shape[0] < declared and (max_seconds is None or declared <= max_seconds * rate):
-        missing = (declared - data.shape[0]) / rate
+    if 0 < declared < 2**62 and count < declared and (max_seconds is None or declared <= max_seconds * rate):
+        missing = (declared - count) / rate
         if missing > 0.05:
             raise AudioError(
                 "corrupt",
                 f"the file is truncated: its header declares {declared / rate:.2f} s but only "
-                f"{data.shape[0] / rate:.2f} s could be decoded; re-upload the complete file",
+                f"{count / rate:.2f} s could be decoded; re-upload the complete file",
             )
-    return data, rate
+    return count, rate
 
 
 # libsndfile's messages start with "Error opening <_io.BytesIO object at 0x...>: "

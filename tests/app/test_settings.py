@@ -36,3 +36,13 @@ def test_serve_with_a_malformed_key_list_exits_with_a_message_and_no_secret():
                           env={"COVERID_API_KEYS": f'{{"a": "{SECRET}"}}', "PATH": "/usr/bin:/bin"})
     assert done.returncode == 2
     assert "COVERID_API_KEYS" in done.stderr and SECRET not in done.stderr + done.stdout
+
+
+def test_a_whole_track_is_a_valid_query_by_default(monkeypatch):
+    monkeypatch.setenv("COVERID_MAX_TRACK_SECONDS", "900")
+    assert get_settings().max_clip_seconds == 900  # a 38-of-160 refusal rate on full-track queries before
+
+
+def test_an_explicit_clip_limit_is_kept(monkeypatch):
+    monkeypatch.setenv("COVERID_MAX_CLIP_SECONDS", "60")
+    assert get_settings().max_clip_seconds == 60

@@ -166,3 +166,44 @@ def test_ordinary_levels_are_left_alone():
     quiet = tone(440.0, 4.0, amplitude=0.1)
     waveform = decode_audio(encode(quiet, SAMPLE_RATE, "WAV", "FLOAT"), SAMPLE_RATE)
     assert float(waveform.abs().max()) == pytest.approx(float(np.abs(quiet).max()), rel=1e-5)
+
+
+@pytest.mark.parametrize("rate", [44100, 48000, 8000, 384000, 44101])
+@pytest.mark.parametrize("seconds", [0.3, 7.3])
+def test_streaming_resampling_equals_resampling_the_whole(rate, seconds):
+    from models.audio import StreamingResampler, resample
+
+    signal = torch.from_numpy(np.random.default_rng(0).standard_normal(int(seconds * rate)).astype(np.float32))
+    whole = resample(signal, rate, SAMPLE_RATE)
+    streamer = StreamingResampler(rate, SAMPLE_RATE)
+    cuts = np.sort(np.random.default_rng(1).integers(0, signal.shape[0], size=12))
+    parts = [streamer.push(piece) for piece in np.split(signal, cuts)] + [streamer.finish()]
+    streamed = torch.cat(parts)
+    assert streamed.shape == whole.shape
+    assert torch.allclose(streamed, whole, atol=1e-5)
+
+
+def test_peak_memory_of_a_decode_does_not_grow_with_rate_and_channels(tmp_path):
+    """20 s of 384 kHz 8-channel audio is 245 MB decoded whole; read block by block it costs a few MB."""
+    import subprocess
+    import sys
+
+    block = np.tile(tone(440.0, 1.0, 384000)[:, None], (1, 8))
+    for name, seconds in (("short.flac", 1), ("wide.flac", 20)):
+        with sf.SoundFile(tmp_path / name, "w", 384000, 8, format="FLAC", subtype="PCM_16") as out:
+            for _ in range(seconds):
+                out.write(block)
+    probe = (
+        "import resource, sys, torch\n"
+        "from models.audio import decode_audio\n"
+        "decode_audio(sys.argv[1], 22050)  # warm-up on 1 s: kernels and allocator pools, not the long file's peak\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "out = decode_audio(sys.argv[2], 22050)\n"
+        "print(out.shape[0], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "short.flac"), str(tmp_path / "wide.flac")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    samples, grown_kib = map(int, done.stdout.split())
+    assert samples == 20 * 22050
+    assert grown_kib < 64 * 1024, f"peak RSS grew by {grown_kib / 1024:.0f} MiB"

@@ -27,7 +27,7 @@ from app.metrics import (CATALOG_TRACKS, GPU_MEMORY, INDEX_VECTORS, INGESTED_AUD
                          MODEL_INFO, READY, STORE_UP)
 from app.pipeline import ClipDurationError, Embedder, Overloaded, identify, ingest, make_record
 from app.settings import Settings, get_settings
-from app.store import StoreError, StoreUnavailable, TrackExists, TrackRecord, open_store
+from app.store import StoreError, StoreFull, StoreUnavailable, TrackExists, TrackRecord, open_store
 from app.store.base import MAX_PAGE_END, METADATA_TOO_DEEP, metadata_json
 from models.audio import AudioError
 from models.extractor import load_extractor
@@ -330,7 +330,9 @@ async def _audio_error(request: Request, err: AudioError) -> JSONResponse:
 async def _store_unavailable(request: Request, err: StoreError) -> JSONResponse:
     log.error("store unavailable: %s", err)
     retry_after = request.app.state.settings.retry_after_s
-    return JSONResponse({"detail": f"the catalogue store is unavailable; retry in {retry_after} s"}, status_code=503,
+    detail = ("the catalogue's disk is full: nothing was changed; an operator must free space" if isinstance(err, StoreFull)
+              else "the catalogue store is unavailable")
+    return JSONResponse({"detail": f"{detail}; retry in {retry_after} s"}, status_code=503,
                         headers={"Retry-After": str(retry_after)})
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from app.store.base import CatalogStore, StoreError, StoreUnavailable, TrackExists, TrackRecord
+from app.store.base import CatalogStore, StoreError, StoreFull, StoreUnavailable, TrackExists, TrackRecord
 from app.store.redis import RedisStore
 from app.store.sqlite import SQLiteStore
 
 __all__ = [
-    "CatalogStore", "RedisStore", "SQLiteStore", "StoreError", "StoreUnavailable", "TrackExists", "TrackRecord",
+    "CatalogStore", "RedisStore", "SQLiteStore", "StoreError", "StoreFull", "StoreUnavailable", "TrackExists", "TrackRecord",
     "open_store",
 ]
 

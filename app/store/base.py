@@ -41,6 +41,10 @@ class StoreUnavailable(StoreError):
     """The backend cannot be reached or opened; the message names it and what to check."""
 
 
+class StoreFull(StoreUnavailable):
+    """The store's disk (or memory limit) is full: the write was not made, nothing stored was lost."""
+
+
 @dataclass(frozen=True, eq=False)  # eq=False: dataclass equality on arrays is ambiguous
 class TrackRecord:
     track_id: str

@@ -29,6 +29,7 @@ from typing import Optional
 from app.store.base import (
     CatalogStore,
     StoreError,
+    StoreFull,
     StoreUnavailable,
     TrackExists,
     TrackRecord,
@@ -131,6 +132,9 @@ class SQLiteStore(CatalogStore):
             yield
         except sqlite3.OperationalError as err:
             text = str(err)
+            if "full" in text:  # SQLITE_FULL: the disk, or the file's page limit
+                raise StoreFull(f"the catalogue's disk is full ({self.path}: {text}); nothing was written; "
+                                "free space there and retry") from err
             if "unable to open" in text or "locked" in text or "readonly" in text:
                 raise StoreUnavailable(
                     f"cannot use the catalogue at {self.path}: {text}; check the file's permissions, "
@@ -149,10 +153,26 @@ class SQLiteStore(CatalogStore):
             try:
                 yield conn
             except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                self._abandon(conn)
                 raise
-            conn.execute("COMMIT")
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error:
+                self._abandon(conn)
+                raise
+
+    def _abandon(self, conn: sqlite3.Connection) -> None:
+        """Undo a failed write. SQLite may already have rolled back (a full disk does): when the rollback
+        itself fails, this thread's connection is replaced, so the next request starts clean."""
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            with self._registry_lock:
+                if conn in self._connections:
+                    self._connections.remove(conn)
+            self._local.conn = None
+            conn.close()
 
     def _init_schema(self) -> None:
         conn = self._conn()

@@ -505,3 +505,23 @@ def test_sqlite_put_many_is_one_transaction(tmp_path):
         with pytest.raises(TrackExists):
             store.put_many([make_record("first"), make_record("taken")])
         assert store.get("first") is None and store.count() == 1
+
+
+def test_a_full_sqlite_disk_is_a_clear_error_and_the_store_carries_on(tmp_path):
+    """SQLITE_FULL, the error a full disk gives, raised here by SQLite's page limit on the writing connection."""
+    from app.store import SQLiteStore, StoreFull
+
+    store = SQLiteStore(tmp_path)
+    kept = make_record("kept", n=4)
+    store.put(kept)
+    conn = store._conn()
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(StoreFull, match="disk is full"):
+        store.put(make_record("big", n=2000, dim=64))
+    # the next request on this thread gets a working connection, not one stuck in a failed transaction
+    assert store.get("big") is None and store.count() == 1
+    assert_same(store.get("kept", with_vectors=True), kept)
+    store.put(make_record("after", n=2))  # space freed (the new connection has no page limit): writes work again
+    assert store.count() == 2
+    store.close()

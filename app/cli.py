@@ -282,8 +282,12 @@ def _cmd_corpus(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from app.http_protocol import protocol_with_deadlines
+
+    settings = get_settings()
     # one worker: the extractor and the index live in the process (see README, "Scaling")
-    uvicorn.run("app.main:app", host=args.host, port=args.port, log_level=get_settings().log_level)
+    uvicorn.run("app.main:app", host=args.host, port=args.port, log_level=settings.log_level,
+                http=protocol_with_deadlines(settings.header_timeout_s, settings.body_timeout_s))
     return 0
 
 

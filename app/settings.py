@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     # back-pressure: beyond these a request gets 503 + Retry-After at once instead of queueing without bound
     queue_size: int = Field(16, ge=1, le=10000, description="requests decoding, embedding or waiting for the model")
     queue_wait_s: float = Field(2.0, gt=0, le=300, description="longest wait for the model's turn")
+    # slow clients: deadlines to receive a request (uvicorn itself has none; see app/http_protocol.py)
+    header_timeout_s: float = Field(10.0, gt=0, le=600, description="request headers, from the first byte")
+    body_timeout_s: float = Field(120.0, gt=0, le=3600, description="request body, from the end of the headers")
     # limits
     max_upload_bytes: int = Field(50 * 2**20, ge=1024, description="largest request body")
     min_clip_seconds: float = Field(3.0, gt=0)

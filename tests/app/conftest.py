@@ -93,7 +93,7 @@ def redis_server(tmp_path_factory):
 
 
 class ServiceProcess:
-    """`uvicorn app.main:app` in its own process on loopback, as an operator runs it."""
+    """`coverid serve` in its own process on loopback, as an operator (and the image) runs it."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.env = env
@@ -113,7 +113,7 @@ class ServiceProcess:
 
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(self.port)],
+            [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
             env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 120

@@ -2,9 +2,11 @@
 
 The store is the one source of truth. A track is written to the store first
 (one atomic write), then added to the index; a crash in between leaves it in
-the store, and the next start-up rebuilds the index from the store. The index
-snapshot is written only at a clean shutdown and removed once loaded, so a
-snapshot on disk always describes the store as it was left.
+the store, and the next sync (or start-up) puts it in the index. The index
+snapshot is written only at a clean shutdown, records the store generation it
+reflects, and is removed once loaded. Processes sharing one store follow its
+change log (`Catalog.sync`), so a track ingested through one replica is found
+through every other within the sync interval.
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ import os
 import shutil
 import threading
 import time
+from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from app.store import CatalogStore, StoreUnavailable, TrackRecord
+import numpy as np
+
+from app.store import CatalogStore, StoreError, StoreUnavailable, TrackRecord
 from index.local_index import LocalIndex, read_header
 
 
@@ -29,12 +35,34 @@ class CatalogMismatch(ValueError):
     """The store holds embeddings made by another model than the one loaded."""
 
 
+class CatalogBehind(RuntimeError):
+    """The store's change log no longer reaches back to this process's generation: rebuild the index."""
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    dim: int
+    k_neighbours: int
+    ef_search: int
+    m: int
+
+
 class Catalog:
-    def __init__(self, store: CatalogStore, index: LocalIndex, model_id: str, store_retry_s: float = 5.0):
+    """The store and this process's index of it.
+
+    `generation` is the store change-log generation the index reflects. Writes made here reach the
+    index at once; writes made by other processes sharing the store (replicas on one Redis) reach it
+    when `sync` replays the log, which `follow` does every few seconds in the background.
+    """
+
+    def __init__(self, store: CatalogStore, index: LocalIndex, model_id: str, settings: IndexSettings,
+                 store_retry_s: float = 5.0, generation: int = 0):
         self.store = store
         self.index = index
         self.model_id = model_id
         self.store_retry_s = store_retry_s
+        self.generation = generation
+        self.settings = settings  # how to build the index again (a rebuild)
         self._writes = threading.Lock()  # store and index change together, one track at a time
         self._store_down_until = 0.0  # monotonic time before which describe() does not ask the store
 
@@ -50,27 +78,76 @@ class Catalog:
         m: int = 16,
         store_retry_s: float = 5.0,
     ) -> tuple["Catalog", str]:
-        """Open over `store`; returns the catalogue and how its index was built ("snapshot" or "rebuilt")."""
+        """Open over `store`; returns the catalogue and how its index was built ("snapshot" or "rebuilt").
+
+        A snapshot is trusted only as of the store generation it records: the changes made since are
+        replayed from the store's log, and when the log no longer reaches back that far the index is rebuilt.
+        """
         foreign = sorted(store.model_ids() - {model_id})
         if foreign:
             raise CatalogMismatch(
                 f"the catalogue holds embeddings of model(s) {foreign}, but the loaded extractor is {model_id!r}; "
                 "re-embed the catalogue with this model or load the model that built it"
             )
-        index = _load_snapshot(snapshot, store, model_id, dim, k_neighbours, ef_search, m)
-        how = "snapshot"
-        if index is None:
-            how = "rebuilt"
-            index = LocalIndex(dim, k_neighbours=k_neighbours, ef_search=ef_search, m=m,
-                               initial_capacity=max(1024, store.vector_count()))
-            batch: list = []
-            for record in store.iter_records(batch_size=REBUILD_BATCH):
-                batch.append((record.track_id, record.vectors, record.starts_s))
-                if len(batch) == REBUILD_BATCH:
-                    index.add_many(batch)
-                    batch = []
-            index.add_many(batch)
-        return cls(store, index, model_id, store_retry_s), how
+        settings = IndexSettings(dim, k_neighbours, ef_search, m)
+        loaded = _load_snapshot(snapshot, store, model_id, settings)
+        if loaded is not None:
+            catalog = cls(store, loaded[0], model_id, settings, store_retry_s, generation=loaded[1])
+            try:
+                catalog.sync()
+                return catalog, "snapshot"
+            except CatalogBehind:
+                log.info("the store's change log does not reach back to the snapshot; rebuilding the index")
+        index, generation = _rebuild(store, settings)
+        catalog = cls(store, index, model_id, settings, store_retry_s, generation=generation)
+        catalog.sync()  # what other processes wrote during the rebuild
+        return catalog, "rebuilt"
+
+    def sync(self, batch: int = 1000) -> int:
+        """Bring the index up to the store's latest generation; returns the changes replayed.
+
+        Each change is applied as the store now holds the track (present: indexed with its stored
+        vectors; absent: removed), so replaying a change twice, or one this process made itself, is harmless.
+        """
+        replayed = 0
+        while True:
+            changes = self.store.changes_since(self.generation, batch)
+            if changes is None:
+                raise CatalogBehind(f"the store's change log does not reach back to generation {self.generation}")
+            if not changes:
+                return replayed
+            for track_id in dict.fromkeys(c.track_id for c in changes):  # each track once, as it is now
+                with self._writes:
+                    self._refresh(track_id)
+            with self._writes:
+                self.generation = max(self.generation, changes[-1].generation)
+            replayed += len(changes)
+
+    def _refresh(self, track_id: str) -> None:
+        record = self.store.get(track_id, with_vectors=True)
+        indexed = self.index.contains(track_id)
+        if record is None or record.model_id != self.model_id:
+            if indexed:
+                self.index.remove(track_id)
+            return
+        if indexed and np.allclose(self.index.vectors(track_id), record.vectors, atol=1e-6):
+            return  # this process wrote it, or already replayed it
+        self.index.add(track_id, record.vectors, record.starts_s, replace=True)
+
+    def follow(self, stop: threading.Event, interval_s: float, on_change=None) -> None:
+        """Sync every `interval_s` until `stop` is set (the service runs this in a thread); a log that no
+        longer reaches back rebuilds the index in the background and swaps it in."""
+        while not stop.wait(interval_s):
+            try:
+                if self.sync() and on_change:
+                    on_change(self)
+            except CatalogBehind as err:
+                log.warning("%s; rebuilding the index from the store", err)
+                index, generation = _rebuild(self.store, self.settings)
+                with self._writes:
+                    self.index, self.generation = index, generation
+            except StoreError as err:
+                log.debug("catalogue sync skipped: %s", err)
 
     def ingest(self, record: TrackRecord, replace: bool = False) -> None:
         """Store then index one track; searchable when this returns."""
@@ -116,30 +193,52 @@ class Catalog:
 
     def save_snapshot(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)  # a Redis-backed service may have no data dir yet
+        with suppress(StoreError, CatalogBehind):
+            self.sync()  # the snapshot then records the latest generation it can
         with self._writes:
-            self.index.save(path, self.model_id)
+            self.index.save(path, self.model_id, self.generation)
 
 
-def _load_snapshot(
-    path: Path, store: CatalogStore, model_id: str, dim: int, k_neighbours: int, ef_search: int, m: int
-) -> Optional[LocalIndex]:
-    """The snapshot's index if its header matches the store and M, else None. The file is removed either way.
+def _rebuild(store: CatalogStore, settings: IndexSettings) -> tuple[LocalIndex, int]:
+    """A fresh index of everything in the store, and the generation it reflects at least.
+
+    The generation is read before the scan: whatever changes during it is replayed by `sync` later.
+    """
+    generation = store.generation()
+    index = LocalIndex(settings.dim, k_neighbours=settings.k_neighbours, ef_search=settings.ef_search, m=settings.m,
+                       initial_capacity=max(1024, store.vector_count()))
+    batch: list = []
+    for record in store.iter_records(batch_size=REBUILD_BATCH):
+        batch.append((record.track_id, record.vectors, record.starts_s))
+        if len(batch) == REBUILD_BATCH:
+            index.add_many(batch)
+            batch = []
+    index.add_many(batch)
+    return index, generation
+
+
+def _load_snapshot(path: Path, store: CatalogStore, model_id: str, settings: IndexSettings
+                   ) -> Optional[tuple[LocalIndex, int]]:
+    """The snapshot's index and generation if it can describe the store, else None. The file is removed either way.
 
     M is fixed when a graph is built, so a changed M setting takes effect by rebuilding from the store.
-    A snapshot that cannot be read at all (damaged, truncated, not a file) is logged and moved aside for
-    inspection: start-up then rebuilds from the store instead of failing.
+    A snapshot newer than the store (the store was emptied or replaced) is not used. One that cannot be
+    read at all (damaged, truncated, not a file) is logged and moved aside for inspection: start-up then
+    rebuilds from the store instead of failing.
     """
     if not os.path.lexists(path):
         return None
     try:
         header = read_header(path)
-        fits = (header.model_id, header.dim, header.vector_count, header.track_count, header.m) == (
-            model_id, dim, store.vector_count(), store.count(), m)
-        if not fits:
+        fits = (header.model_id, header.dim, header.m) == (model_id, settings.dim, settings.m)
+        if fits and header.generation == store.generation():  # then the counts must agree too
+            fits = (header.vector_count, header.track_count) == (store.vector_count(), store.count())
+        if not fits or header.generation > store.generation():
             log.info("index snapshot %s does not describe the store; rebuilding the index from the store", path)
             os.remove(path)
             return None
-        index = LocalIndex.load(path, model_id, dim, k_neighbours=k_neighbours, ef_search=ef_search)
+        index = LocalIndex.load(path, model_id, settings.dim, k_neighbours=settings.k_neighbours,
+                                ef_search=settings.ef_search)
     except Exception as err:  # noqa: BLE001 - whatever is wrong with the file, the store still holds everything
         aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
         log.warning("index snapshot %s cannot be loaded (%s: %s); moved to %s, rebuilding the index from the store",
@@ -148,4 +247,4 @@ def _load_snapshot(
         return None
     # a crash from here on must not find a snapshot older than the store's next writes
     os.remove(path)
-    return index
+    return index, header.generation

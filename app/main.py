@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import threading
 from contextlib import asynccontextmanager
 from typing import Annotated, Optional
 
@@ -50,9 +51,15 @@ async def lifespan(app: FastAPI):
     app.state.catalog = catalog
     MODEL_INFO.labels(extractor.model_id, str(extractor.device)).set(1)
     _update_gauges(catalog)
+    stop = threading.Event()
+    follower = threading.Thread(target=catalog.follow, args=(stop, settings.sync_interval_s, _update_gauges),
+                                name="catalog-sync", daemon=True)
+    follower.start()
     try:
         yield
     finally:
+        stop.set()
+        follower.join(timeout=settings.store_timeout_s + 5)
         try:
             catalog.save_snapshot(settings.snapshot_path)
         except OSError as err:  # a full or read-only disk: the next start rebuilds from the store instead

@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     # catalogue
     data_dir: Path = Field(Path("data"), description="embedded store (SQLite) and index snapshot")
     redis_url: Optional[str] = Field(None, description="use Redis as the store instead of SQLite")
+    sync_interval_s: float = Field(2.0, gt=0, le=3600, description="how often the index replays what other "
+                                   "processes sharing the store changed: a replica sees their writes within this")
     store_timeout_s: float = Field(5.0, gt=0, le=300, description="longest wait for one store call (one socket read "
                                    "for Redis, one lock for SQLite): a frozen store costs a request at most this")
     retry_after_s: int = Field(5, ge=1, le=3600, description="Retry-After of a 503; how long /identify then "

@@ -35,7 +35,7 @@ from index.maxmean import maxmean_best_pair
 from index.rwlock import RWLock
 
 FORMAT = "coverid-local-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the store generation the index reflects
 HEADER_MEMBER = "header.json"
 GRAPH_MEMBER = "hnsw.bin"
 RESTORE_BLOCK = 65536  # vectors copied out of hnswlib per call when a snapshot loads
@@ -80,6 +80,7 @@ class SnapshotHeader:
     m: int
     ef_construction: int
     ef_search: int
+    generation: int = 0  # the catalogue store's change-log generation the index reflects (app/catalog.py)
 
 
 @dataclass(frozen=True)
@@ -383,23 +384,24 @@ class LocalIndex:
 
     # ---- snapshot
 
-    def save(self, path: PathLike, model_id: str) -> SnapshotHeader:
+    def save(self, path: PathLike, model_id: str, generation: int = 0) -> SnapshotHeader:
         """Write one snapshot file atomically (temp file beside it, fsync, os.replace). Searches may go on meanwhile."""
         path = Path(path)
         with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
             graph = Path(scratch) / GRAPH_MEMBER
             with self._lock.read():  # a consistent view; only writers wait
-                header = self._header(model_id)
+                header = self._header(model_id, generation)
                 arrays = self._track_arrays()
                 self._hnsw.save_index(str(graph))
             _write_atomically(path, header, arrays, graph)
         return header
 
-    def _header(self, model_id: str) -> SnapshotHeader:
+    def _header(self, model_id: str, generation: int = 0) -> SnapshotHeader:
         return SnapshotHeader(
             format_version=FORMAT_VERSION, dim=self._dim, model_id=model_id, vector_count=self._live,
             track_count=len(self._tracks), slot_count=self._used, capacity=len(self._vectors),
             k_neighbours=self._k, m=self._m, ef_construction=self._ef_construction, ef_search=self._ef_search,
+            generation=generation,
         )
 
     def _track_arrays(self) -> dict[str, np.ndarray]:

@@ -161,8 +161,24 @@ def check_page(offset: int, limit: int) -> None:
         raise ValueError(f"offset + limit must be at most {MAX_PAGE_END}, got offset={offset} limit={limit}")
 
 
+CHANGE_LOG_LENGTH = 100_000  # changes kept for processes catching up; one further behind rebuilds its index
+
+
+@dataclass(frozen=True)
+class Change:
+    """One entry of the store's change log: `track_id` was stored ("put") or deleted at `generation`."""
+
+    generation: int
+    track_id: str
+    op: str
+
+
 class CatalogStore(abc.ABC):
-    """The durable catalogue. Every method is safe to call from several threads at once."""
+    """The durable catalogue. Every method is safe to call from several threads at once.
+
+    Every write also appends to a change log, numbered by a generation that only grows: processes
+    sharing the store follow it to keep their in-memory indexes in step (app/catalog.py, `sync`).
+    """
 
     @abc.abstractmethod
     def put(self, record: TrackRecord, replace: bool = False) -> None:
@@ -201,6 +217,15 @@ class CatalogStore(abc.ABC):
     @abc.abstractmethod
     def model_ids(self) -> set[str]:
         """The distinct model ids of the stored embeddings."""
+
+    @abc.abstractmethod
+    def generation(self) -> int:
+        """The generation of the last change (0 for a store never written)."""
+
+    @abc.abstractmethod
+    def changes_since(self, generation: int, limit: int = 1000) -> Optional[list[Change]]:
+        """Up to `limit` changes after `generation`, oldest first; None when the log no longer reaches back
+        that far (trimmed, or the store was emptied behind the caller's back): the caller must rebuild."""
 
     @property
     @abc.abstractmethod

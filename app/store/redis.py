@@ -6,6 +6,8 @@ Keys, all under one prefix:
   {prefix}:models      hash model_id -> number of tracks embedded with it (model_ids)
   {prefix}:vectors     integer: vectors of all tracks (vector_count)
   {prefix}:schema      integer: layout version
+  {prefix}:generation  integer: the last change's number
+  {prefix}:changes     stream of changes (id <generation>-0, fields op and track), capped near CHANGE_LOG_LENGTH
 
 Atomicity: put and delete are Lua scripts, which Redis runs with nothing
 interleaved and writes to the AOF as one MULTI/EXEC block; on restart Redis
@@ -30,7 +32,9 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from app.store.base import (
+    CHANGE_LOG_LENGTH,
     CatalogStore,
+    Change,
     StoreError,
     StoreUnavailable,
     TrackExists,
@@ -46,10 +50,24 @@ CONNECT_TIMEOUT_S = 2.0
 SOCKET_TIMEOUT_S = 30.0  # default; it bounds each socket read, so a reply of tens of MB streams through
 META_FIELDS = (b"meta", b"model", b"n", b"dim", b"starts")
 
-# KEYS: track hash, tracks zset, models hash, vector counter
-# ARGV: track_id, replace (0/1), created_at, model_id, n, dim, meta, starts, vectors, write_id
-PUT_SCRIPT = """
-local expected = {'hash', 'zset', 'hash', 'string'}
+# KEYS: track hash, tracks zset, models hash, vector counter, generation, change stream
+# ARGV: track_id, replace (0/1), created_at, model_id, n, dim, meta, starts, vectors, write_id, log length
+# the next generation, decided before a script's first write (Redis does not roll back a script that
+# fails half-way): past both the counter and the stream's last entry, so a lost counter cannot make XADD fail
+NEXT_GENERATION = """
+local function next_generation(counter, stream)
+  local generation = (tonumber(redis.call('GET', counter)) or 0) + 1
+  local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
+  if last then
+    local last_generation = tonumber(string.match(last[1], '^(%d+)'))
+    if last_generation >= generation then generation = last_generation + 1 end
+  end
+  return generation
+end
+"""
+
+PUT_SCRIPT = NEXT_GENERATION + """
+local expected = {'hash', 'zset', 'hash', 'string', 'string', 'stream'}
 for i, key in ipairs(KEYS) do
   local kind = redis.call('TYPE', key)['ok']
   if kind ~= 'none' and kind ~= expected[i] then
@@ -57,10 +75,11 @@ for i, key in ipairs(KEYS) do
   end
 end
 local old = redis.call('HMGET', KEYS[1], 'n', 'model', 'write_id')
+-- the same write seen twice (a retry after a lost reply) already succeeded
+if old[1] and old[3] == ARGV[10] then return 1 end
+if old[1] and ARGV[2] ~= '1' then return 0 end
+local generation = next_generation(KEYS[5], KEYS[6])
 if old[1] then
-  -- the same write seen twice (a retry after a lost reply) already succeeded
-  if old[3] == ARGV[10] then return 1 end
-  if ARGV[2] ~= '1' then return 0 end
   redis.call('DECRBY', KEYS[4], old[1])
   if redis.call('HINCRBY', KEYS[3], old[2], -1) <= 0 then redis.call('HDEL', KEYS[3], old[2]) end
   redis.call('DEL', KEYS[1])
@@ -70,18 +89,23 @@ redis.call('HSET', KEYS[1], 'meta', ARGV[7], 'model', ARGV[4], 'n', ARGV[5], 'di
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('INCRBY', KEYS[4], ARGV[5])
 redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
+redis.call('SET', KEYS[5], generation)
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[11], generation .. '-0', 'op', 'put', 'track', ARGV[1])
 return 1
 """
 
-# KEYS as for put; ARGV: track_id
-DELETE_SCRIPT = """
+# KEYS as for put; ARGV: track_id, log length
+DELETE_SCRIPT = NEXT_GENERATION + """
 local old = redis.call('HMGET', KEYS[1], 'n', 'model')
 if not old[1] then return 0 end
 if redis.call('TYPE', KEYS[4])['ok'] == 'none' then return redis.error_reply('vector counter missing') end
+local generation = next_generation(KEYS[5], KEYS[6])
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('DECRBY', KEYS[4], old[1])
 if redis.call('HINCRBY', KEYS[3], old[2], -1) <= 0 then redis.call('HDEL', KEYS[3], old[2]) end
+redis.call('SET', KEYS[5], generation)
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[2], generation .. '-0', 'op', 'delete', 'track', ARGV[1])
 return 1
 """
 
@@ -108,6 +132,8 @@ class RedisStore(CatalogStore):
         self._tracks = f"{prefix}:tracks"
         self._models = f"{prefix}:models"
         self._vectors = f"{prefix}:vectors"
+        self._generation = f"{prefix}:generation"
+        self._changes = f"{prefix}:changes"
         self._closed = False
         try:
             # One quick retry rides out a dropped idle connection; put() stays exactly-once through its write_id.
@@ -130,7 +156,7 @@ class RedisStore(CatalogStore):
         return f"{self.prefix}:track:{track_id}"
 
     def _keys(self, track_id: str) -> list[str]:
-        return [self._track_key(track_id), self._tracks, self._models, self._vectors]
+        return [self._track_key(track_id), self._tracks, self._models, self._vectors, self._generation, self._changes]
 
     @contextmanager
     def _translate(self) -> Iterator[None]:
@@ -167,7 +193,7 @@ class RedisStore(CatalogStore):
         }, separators=(",", ":"), allow_nan=False)
         args = [
             record.track_id, "1" if replace else "0", repr(float(record.created_at)), record.model_id, n, dim,
-            meta, to_blob(record.starts_s), to_blob(record.vectors), uuid.uuid4().hex,
+            meta, to_blob(record.starts_s), to_blob(record.vectors), uuid.uuid4().hex, CHANGE_LOG_LENGTH,
         ]
         with self._translate():
             stored = self._put(keys=self._keys(record.track_id), args=args)
@@ -176,7 +202,7 @@ class RedisStore(CatalogStore):
 
     def delete(self, track_id: str) -> bool:
         with self._translate():
-            return bool(self._delete(keys=self._keys(track_id), args=[track_id]))
+            return bool(self._delete(keys=self._keys(track_id), args=[track_id, CHANGE_LOG_LENGTH]))
 
     # -- reads
 
@@ -233,6 +259,20 @@ class RedisStore(CatalogStore):
                 yield from batch
             if cursor == 0:
                 return
+
+    def generation(self) -> int:
+        with self._translate():
+            return int(self._client.get(self._generation) or 0)
+
+    def changes_since(self, generation: int, limit: int = 1000) -> Optional[list[Change]]:
+        latest = self.generation()  # first: every change up to it is still in the stream unless trimmed
+        with self._translate():
+            entries = self._client.xrange(self._changes, min=f"{generation + 1}-0", max="+", count=limit)
+        changes = [Change(int(entry_id.split(b"-")[0]), fields[b"track"].decode(), fields[b"op"].decode())
+                   for entry_id, fields in entries]
+        if generation > latest or (generation < latest and (not changes or changes[0].generation > generation + 1)):
+            return None  # emptied behind the caller, or trimmed past it
+        return changes
 
     @property
     def location(self) -> str:

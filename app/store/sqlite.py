@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Optional
 
 from app.store.base import (
+    CHANGE_LOG_LENGTH,
     CatalogStore,
+    Change,
     StoreError,
     StoreFull,
     StoreUnavailable,
@@ -41,7 +43,7 @@ from app.store.base import (
 )
 
 FILENAME = "catalog.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the change log
 BUSY_TIMEOUT_S = 30.0  # default wait for another writer's lock
 
 SCHEMA = """
@@ -65,12 +67,14 @@ INSERT INTO counters (name, value) VALUES ('tracks', 0), ('vectors', 0);
 CREATE TABLE models (model_id TEXT PRIMARY KEY, tracks INTEGER NOT NULL) WITHOUT ROWID;
 
 CREATE TRIGGER tracks_insert AFTER INSERT ON tracks BEGIN
+    INSERT INTO changes (track_id, op) VALUES (NEW.track_id, 'put');
     UPDATE counters SET value = value + 1 WHERE name = 'tracks';
     UPDATE counters SET value = value + NEW.n_segments WHERE name = 'vectors';
     INSERT INTO models (model_id, tracks) VALUES (NEW.model_id, 1)
         ON CONFLICT (model_id) DO UPDATE SET tracks = tracks + 1;
 END;
 CREATE TRIGGER tracks_delete AFTER DELETE ON tracks BEGIN
+    INSERT INTO changes (track_id, op) VALUES (OLD.track_id, 'delete');
     UPDATE counters SET value = value - 1 WHERE name = 'tracks';
     UPDATE counters SET value = value - OLD.n_segments WHERE name = 'vectors';
     UPDATE models SET tracks = tracks - 1 WHERE model_id = OLD.model_id;
@@ -81,6 +85,18 @@ CREATE TRIGGER tracks_no_update BEFORE UPDATE ON tracks BEGIN
     SELECT RAISE(ABORT, 'tracks rows are replaced, not updated');
 END;
 """
+
+# schema 2: the change log other processes follow; AUTOINCREMENT never reuses a generation, even after a trim
+CHANGE_LOG = f"""
+CREATE TABLE changes (generation INTEGER PRIMARY KEY AUTOINCREMENT, track_id TEXT NOT NULL, op TEXT NOT NULL);
+CREATE TRIGGER changes_trim AFTER INSERT ON changes BEGIN
+    DELETE FROM changes WHERE generation <= NEW.generation - {CHANGE_LOG_LENGTH};
+END;
+"""
+SCHEMA = CHANGE_LOG + SCHEMA
+# a version-1 file gains the log and triggers that write to it
+UPGRADE_1_TO_2 = CHANGE_LOG + "DROP TRIGGER tracks_insert;\nDROP TRIGGER tracks_delete;\n" + SCHEMA[SCHEMA.index(
+    "CREATE TRIGGER tracks_insert"):SCHEMA.index("-- rows are never updated")]
 
 META_COLUMNS = "track_id, title, artist, metadata, duration_s, model_id, created_at, dim, n_segments, starts"
 INSERT = f"INSERT INTO tracks ({META_COLUMNS}, vectors) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -185,8 +201,8 @@ class SQLiteStore(CatalogStore):
                     f"catalogue {self.path} has schema version {version}, but this coverid reads up to "
                     f"version {SCHEMA_VERSION}: upgrade coverid, or use another data directory"
                 )
-            if version == 0:
-                for statement in _statements(SCHEMA):
+            if version < SCHEMA_VERSION:
+                for statement in _statements(SCHEMA if version == 0 else UPGRADE_1_TO_2):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -267,6 +283,20 @@ class SQLiteStore(CatalogStore):
             if len(rows) < batch_size:
                 return
             after = rows[-1][0]
+
+    def generation(self) -> int:
+        with self._translate():
+            row = self._conn().execute("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def changes_since(self, generation: int, limit: int = 1000) -> Optional[list[Change]]:
+        latest = self.generation()  # first: every change up to it is still in the log unless trimmed
+        with self._translate():
+            rows = self._conn().execute("SELECT generation, track_id, op FROM changes WHERE generation > ? "
+                                        "ORDER BY generation LIMIT ?", (generation, limit)).fetchall()
+        if generation > latest or (generation < latest and (not rows or rows[0][0] > generation + 1)):
+            return None  # emptied behind the caller, or trimmed past it
+        return [Change(int(g), track_id, op) for g, track_id, op in rows]
 
     @property
     def location(self) -> str:

@@ -105,3 +105,48 @@ def test_the_snapshot_is_written_where_no_data_dir_exists_yet(tmp_path):
     target = tmp_path / "not" / "yet" / "index.snapshot"
     catalog.save_snapshot(target)
     assert target.exists()
+
+
+def test_a_second_process_on_the_same_store_converges_by_syncing(tmp_path):
+    """Two catalogues over one SQLite file stand for two replicas: each sees the other's writes after sync()."""
+    rng = np.random.default_rng(3)
+    first, _ = reopen(tmp_path, m=16)
+    second, _ = reopen(tmp_path, m=16)
+    added = record("t0", rng)
+    first.ingest(added)
+    assert not second.index.contains("t0")
+    assert second.sync() >= 1
+    assert second.index.search(added.vectors[1:3], top_k=1)[0].track_id == "t0"
+
+    swapped = record("t0", rng)  # a replace through the second replica
+    second.ingest(swapped, replace=True)
+    first.sync()
+    assert np.allclose(first.index.vectors("t0"), swapped.vectors, atol=1e-6)
+
+    first.delete("t0")
+    second.sync()
+    assert not second.index.contains("t0") and len(second.index) == 0
+    assert second.sync() == 0 and second.generation == first.store.generation()
+
+
+def test_a_snapshot_whose_counts_match_a_changed_store_is_brought_up_to_date(tmp_path):
+    """The stale snapshot of issue 12: another process swapped a track's content, counts unchanged."""
+    query = saved_catalogue(tmp_path)
+    other = SQLiteStore(tmp_path)
+    swapped = record("t3", np.random.default_rng(9))
+    other.put(swapped, replace=True)
+    other.close()
+    catalog, how = reopen(tmp_path, m=16)
+    assert how == "snapshot"  # trusted as of its generation, then the log replayed
+    assert np.allclose(catalog.index.vectors("t3"), swapped.vectors, atol=1e-6)
+    assert catalog.index.search(swapped.vectors[:2], top_k=1)[0].track_id == "t3"
+    assert catalog.index.search(query, top_k=1)[0].score < 0.99  # the old content is gone from the index
+
+
+def test_a_snapshot_newer_than_the_store_is_not_used(tmp_path):
+    saved_catalogue(tmp_path)
+    (tmp_path / "catalog.sqlite3").unlink()  # the store replaced by an empty one: the snapshot describes nothing here
+    for leftover in tmp_path.glob("catalog.sqlite3-*"):
+        leftover.unlink()
+    catalog, how = reopen(tmp_path, m=16)
+    assert how == "rebuilt" and len(catalog.index) == 0

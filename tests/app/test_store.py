@@ -525,3 +525,26 @@ def test_a_full_sqlite_disk_is_a_clear_error_and_the_store_carries_on(tmp_path):
     store.put(make_record("after", n=2))  # space freed (the new connection has no page limit): writes work again
     assert store.count() == 2
     store.close()
+
+
+def test_every_write_is_in_the_change_log_in_order(store):
+    start = store.generation()
+    assert store.changes_since(start) == []
+    store.put(make_record("a"))
+    store.put(make_record("b"))
+    store.put(make_record("a", n=5), replace=True)
+    store.delete("b")
+    assert not store.delete("b")  # nothing deleted: nothing logged
+    changes = store.changes_since(start)
+    ops = [(c.track_id, c.op) for c in changes]
+    # a replace is one put for Redis, a delete then a put for SQLite (its log is kept by triggers)
+    assert ops in ([("a", "put"), ("b", "put"), ("a", "put"), ("b", "delete")],
+                   [("a", "put"), ("b", "put"), ("a", "delete"), ("a", "put"), ("b", "delete")])
+    generations = [c.generation for c in changes]
+    assert generations == list(range(start + 1, start + 1 + len(changes))) and store.generation() == generations[-1]
+    assert store.changes_since(generations[1], limit=1) == changes[2:3]
+
+
+def test_a_log_that_no_longer_reaches_back_says_so(store):
+    store.put(make_record("a"))
+    assert store.changes_since(store.generation() + 5) is None  # the store was emptied behind the reader

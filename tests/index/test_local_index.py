@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from index.local_index import (
+    FORMAT_VERSION,
     DuplicateTrack,
     LocalIndex,
     Match,
@@ -259,7 +260,7 @@ def test_snapshot_of_another_format_version_or_no_snapshot_is_refused(tmp_path):
             if name == "header.json":
                 data = json.dumps({**json.loads(data), "format_version": 99}).encode()
             target.writestr(name, data)
-    with pytest.raises(SnapshotMismatch, match="format_version 99 != expected 1"):
+    with pytest.raises(SnapshotMismatch, match=f"format_version 99 != expected {FORMAT_VERSION}"):
         LocalIndex.load(future, expected_model_id="m", dim=DIM)
     junk = tmp_path / "junk.idx"
     junk.write_bytes(b"not a snapshot")

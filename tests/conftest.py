@@ -42,6 +42,11 @@ def tune(seconds: float, seed: int = 0, rate: int = SAMPLE_RATE) -> np.ndarray:
     return render_notes(random_tune(seconds, seed=seed), rate, seconds, seed=seed)
 
 
+def tune_wav(seconds: float, seed: int, start_s: float = 0.0) -> bytes:
+    """A 16-bit WAV upload of `tune(seconds, seed)` from `start_s` on (a clip of that track when start_s > 0)."""
+    return encode(tune(seconds, seed=seed)[int(start_s * SAMPLE_RATE):], SAMPLE_RATE, "WAV", "PCM_16")
+
+
 @pytest.fixture(scope="session")
 def narrow_config() -> ExtractorConfig:
     return ExtractorConfig(width=16)

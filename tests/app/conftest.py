@@ -80,14 +80,21 @@ class RedisServer:
         self.start()
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory):
+def started_redis(directory: Path) -> RedisServer:
+    """A redis-server of one's own in `directory` (a test that stops, freezes or kills it)."""
     executable = shutil.which("redis-server")
     if executable is None:
         pytest.fail("redis-server is not on PATH: install it (Debian: apt-get install redis-server); "
                     "the store tests run against a real Redis")
-    server = RedisServer(executable, tmp_path_factory.mktemp("redis"))
+    directory.mkdir(parents=True, exist_ok=True)
+    server = RedisServer(executable, directory)
     server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = started_redis(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import soundfile as sf
 
 from tests.app.conftest import running_service
-from tests.conftest import SAMPLE_RATE, tune
+from tests.conftest import tune_wav
 
 QUEUE_SIZE = 2
 QUEUE_WAIT_S = 0.5
@@ -23,17 +21,12 @@ def small_queue_service(request, tmp_path, narrow_artifact):
     yield from running_service(request, tmp_path, narrow_artifact[0], env)
 
 
-def wav(seconds: float, seed: int) -> bytes:
-    buffer = io.BytesIO()
-    sf.write(buffer, tune(seconds, seed=seed), SAMPLE_RATE, format="WAV", subtype="PCM_16")
-    return buffer.getvalue()
-
 
 def test_overload_is_refused_quickly_with_retry_after(small_queue_service):
     url = small_queue_service.url
     with httpx.Client(base_url=url, timeout=60) as client:
-        assert client.post("/catalog", files={"file": ("t.wav", wav(40, 0))}).status_code == 201
-    clip = wav(60, 0)  # the longest clips: each holds the model longest
+        assert client.post("/catalog", files={"file": ("t.wav", tune_wav(40, 0))}).status_code == 201
+    clip = tune_wav(60, 0)  # the longest clips: each holds the model longest
 
     def one(_):
         started = time.monotonic()

@@ -7,7 +7,6 @@ expression of every dashboard panel, every recording rule and every alert rule m
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
@@ -18,11 +17,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-import soundfile as sf
 import yaml
 
-from tests.app.conftest import RedisServer, ServiceProcess, free_port
-from tests.conftest import SAMPLE_RATE, tune
+from tests.app.conftest import ServiceProcess, free_port, started_redis
+from tests.conftest import tune_wav
 
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
 PROMETHEUS_CONFIG = DOCKER / "prometheus.yml"
@@ -125,22 +123,17 @@ def _epoch(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")[:26] + "+00:00").timestamp()
 
 
-def wav(seconds: float, seed: int) -> bytes:
-    buffer = io.BytesIO()
-    sf.write(buffer, tune(seconds, seed=seed), SAMPLE_RATE, format="WAV", subtype="PCM_16")
-    return buffer.getvalue()
-
 
 def traffic(client: httpx.Client, round_: int) -> None:
     """Ingest (single and batch), identify, a listing, a delete and a rejected upload: every route and stage."""
     for seed in range(2):
-        answer = client.post("/catalog", files={"file": (f"t{seed}.wav", wav(25, 10 * round_ + seed))},
+        answer = client.post("/catalog", files={"file": (f"t{seed}.wav", tune_wav(25, 10 * round_ + seed))},
                              data={"title": f"track {round_}.{seed}"})
         assert answer.status_code == 201, answer.text
-    batch = client.post("/catalog/batch", files=[("files", ("b.wav", wav(22, 100 + round_)))])
+    batch = client.post("/catalog/batch", files=[("files", ("b.wav", tune_wav(22, 100 + round_)))])
     assert batch.status_code == 200, batch.text
     for seed in range(3):
-        answer = client.post("/identify", files={"file": ("clip.wav", wav(10, 10 * round_ + seed % 2))})
+        answer = client.post("/identify", files={"file": ("clip.wav", tune_wav(10, 10 * round_ + seed % 2))})
         assert answer.status_code == 200, answer.text
     assert client.get("/catalog").status_code == 200
     assert client.delete(f"/catalog/{batch.json()['items'][0]['track']['track_id']}").status_code == 204
@@ -151,9 +144,7 @@ def traffic(client: httpx.Client, round_: int) -> None:
 def observed(tmp_path_factory, narrow_artifact):
     """A real redis-server, the service on it, and Prometheus scraping the service; traffic in two bursts."""
     root = tmp_path_factory.mktemp("observed")
-    (root / "redis").mkdir()
-    redis_server = RedisServer(shutil.which("redis-server") or pytest.fail("redis-server is not on PATH"), root / "redis")
-    redis_server.start()
+    redis_server = started_redis(root / "redis")
     service = ServiceProcess({"COVERID_MODEL_PATH": str(narrow_artifact[0]), "COVERID_DEVICE": "cpu",
                               "COVERID_DATA_DIR": str(root / "data"), "COVERID_REDIS_URL": redis_server.url},
                              root / "service.log")

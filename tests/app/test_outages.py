@@ -2,34 +2,24 @@
 
 from __future__ import annotations
 
-import io
 import os
-import shutil
 import signal
 import time
 
 import httpx
 import pytest
-import soundfile as sf
 
-from tests.app.conftest import RedisServer, ServiceProcess
-from tests.conftest import SAMPLE_RATE, tune
+from tests.app.conftest import ServiceProcess, started_redis
+from tests.conftest import tune_wav
 
 TIMEOUT_S = 1.0
 RETRY_AFTER_S = 3
 
 
-def wav(seconds: float, seed: int, start_s: float = 0.0) -> bytes:
-    buffer = io.BytesIO()
-    sf.write(buffer, tune(seconds, seed=seed)[int(start_s * SAMPLE_RATE):], SAMPLE_RATE, format="WAV", subtype="PCM_16")
-    return buffer.getvalue()
-
 
 @pytest.fixture
 def service_on_redis(tmp_path, narrow_artifact):
-    (tmp_path / "redis").mkdir()
-    server = RedisServer(shutil.which("redis-server") or pytest.fail("redis-server is not on PATH"), tmp_path / "redis")
-    server.start()
+    server = started_redis(tmp_path / "redis")
     service = ServiceProcess({"COVERID_MODEL_PATH": str(narrow_artifact[0]), "COVERID_DEVICE": "cpu",
                               "COVERID_DATA_DIR": str(tmp_path / "data"), "COVERID_REDIS_URL": server.url,
                               "COVERID_STORE_TIMEOUT_S": str(TIMEOUT_S), "COVERID_RETRY_AFTER_S": str(RETRY_AFTER_S)},
@@ -37,7 +27,7 @@ def service_on_redis(tmp_path, narrow_artifact):
     service.start()
     with httpx.Client(base_url=service.url, timeout=60) as client:
         for seed in range(2):
-            answer = client.post("/catalog", files={"file": ("t.wav", wav(30, seed))},
+            answer = client.post("/catalog", files={"file": ("t.wav", tune_wav(30, seed))},
                                  data={"track_id": f"song-{seed}", "title": f"Song {seed}"})
             assert answer.status_code == 201, answer.text
         yield server, client
@@ -54,7 +44,7 @@ def timed(call):
 
 
 def identify(client: httpx.Client) -> httpx.Response:
-    return client.post("/identify", files={"file": ("clip.wav", wav(30, 1, start_s=15))})
+    return client.post("/identify", files={"file": ("clip.wav", tune_wav(30, 1, start_s=15))})
 
 
 def test_a_frozen_redis_costs_at_most_the_store_timeout(service_on_redis):
@@ -88,5 +78,5 @@ def test_a_stopped_redis_still_lets_identify_answer(service_on_redis):
     answer = identify(client)
     assert answer.status_code == 200 and answer.json()["metadata_unavailable"] is True
     assert answer.json()["matches"][0]["track_id"] == "song-1"
-    ingest = client.post("/catalog", files={"file": ("t.wav", wav(30, 5))})
+    ingest = client.post("/catalog", files={"file": ("t.wav", tune_wav(30, 5))})
     assert ingest.status_code == 503 and ingest.headers["Retry-After"] == str(RETRY_AFTER_S)

@@ -2,32 +2,22 @@
 
 from __future__ import annotations
 
-import io
-import shutil
 import time
 
 import httpx
 import pytest
-import soundfile as sf
 
-from tests.app.conftest import RedisServer, ServiceProcess
-from tests.conftest import SAMPLE_RATE, tune
+from tests.app.conftest import ServiceProcess, started_redis
+from tests.conftest import tune_wav
 
 SYNC_S = 0.5
 WITHIN_S = SYNC_S + 5  # the stated delay plus the time to fetch and index a track on a busy CI machine
 
 
-def wav(seconds: float, seed: int, start_s: float = 0.0) -> bytes:
-    buffer = io.BytesIO()
-    sf.write(buffer, tune(seconds, seed=seed)[int(start_s * SAMPLE_RATE):], SAMPLE_RATE, format="WAV", subtype="PCM_16")
-    return buffer.getvalue()
-
 
 @pytest.fixture
 def replicas(tmp_path, narrow_artifact):
-    (tmp_path / "redis").mkdir()
-    server = RedisServer(shutil.which("redis-server") or pytest.fail("redis-server is not on PATH"), tmp_path / "redis")
-    server.start()
+    server = started_redis(tmp_path / "redis")
     processes = []
     for name in ("a", "b"):
         env = {"COVERID_MODEL_PATH": str(narrow_artifact[0]), "COVERID_DEVICE": "cpu", "COVERID_REDIS_URL": server.url,
@@ -59,9 +49,9 @@ def top(client: httpx.Client, clip: bytes) -> str | None:
 
 def test_ingest_and_delete_through_one_replica_are_seen_by_the_other(replicas):
     processes, (a, b) = replicas
-    clip = wav(40, 7, start_s=12)
-    assert a.post("/catalog", files={"file": ("t.wav", wav(40, 7))}, data={"track_id": "song-7"}).status_code == 201
-    assert a.post("/catalog", files={"file": ("t.wav", wav(40, 8))}, data={"track_id": "song-8"}).status_code == 201
+    clip = tune_wav(40, 7, start_s=12)
+    assert a.post("/catalog", files={"file": ("t.wav", tune_wav(40, 7))}, data={"track_id": "song-7"}).status_code == 201
+    assert a.post("/catalog", files={"file": ("t.wav", tune_wav(40, 8))}, data={"track_id": "song-8"}).status_code == 201
     assert eventually(lambda: top(b, clip) == "song-7")
     assert eventually(lambda: b.get("/readyz").json()["vectors"] == a.get("/readyz").json()["vectors"])
 
@@ -69,7 +59,7 @@ def test_ingest_and_delete_through_one_replica_are_seen_by_the_other(replicas):
     assert eventually(lambda: top(b, clip) != "song-7")
 
     # and the other way round, with a replace of the survivor's content
-    replaced = b.post("/catalog", files={"file": ("t.wav", wav(40, 7))}, data={"track_id": "song-8"},
+    replaced = b.post("/catalog", files={"file": ("t.wav", tune_wav(40, 7))}, data={"track_id": "song-8"},
                       params={"replace": "true"})
     assert replaced.status_code == 201
     assert eventually(lambda: top(a, clip) == "song-8")
@@ -77,12 +67,12 @@ def test_ingest_and_delete_through_one_replica_are_seen_by_the_other(replicas):
 
 def test_a_restarted_replica_starts_from_its_snapshot_and_catches_up(replicas):
     processes, (a, b) = replicas
-    assert a.post("/catalog", files={"file": ("t.wav", wav(40, 1))}, data={"track_id": "one"}).status_code == 201
+    assert a.post("/catalog", files={"file": ("t.wav", tune_wav(40, 1))}, data={"track_id": "one"}).status_code == 201
     assert eventually(lambda: b.get("/readyz").json()["tracks"] == 1)
     processes[1].stop()  # a clean stop writes b's snapshot, at its generation
     logged = len(processes[1].log_path.read_text())
-    assert a.post("/catalog", files={"file": ("t.wav", wav(40, 2))}, data={"track_id": "two"}).status_code == 201
+    assert a.post("/catalog", files={"file": ("t.wav", tune_wav(40, 2))}, data={"track_id": "two"}).status_code == 201
     processes[1].start()
     b.base_url = processes[1].url
     assert "index snapshot" in processes[1].log_path.read_text()[logged:]
-    assert top(b, wav(40, 2, start_s=10)) == "two"  # replayed from the log at start-up, not lost
+    assert top(b, tune_wav(40, 2, start_s=10)) == "two"  # replayed from the log at start-up, not lost

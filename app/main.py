@@ -148,7 +148,8 @@ def _routes():
 
     router = APIRouter()
 
-    @router.post("/catalog", status_code=201, response_model=schemas.Track, dependencies=[Depends(require_key)])
+    @router.post("/catalog", status_code=201, response_model=schemas.Track, dependencies=[Depends(require_key)],
+                 responses=schemas.errors(400, 401, 409, 413, 415, 422, 503))
     async def add_track(
         catalog: CatalogDep,
         embedder: EmbedderDep,
@@ -173,7 +174,8 @@ def _routes():
         _count_ingested([record])
         return _track(record)
 
-    @router.post("/catalog/batch", response_model=schemas.BatchResult, dependencies=[Depends(require_key)])
+    @router.post("/catalog/batch", response_model=schemas.BatchResult, dependencies=[Depends(require_key)],
+                 responses=schemas.errors(400, 401, 413, 422, 503))
     async def add_tracks(
         catalog: CatalogDep,
         embedder: EmbedderDep,
@@ -199,7 +201,7 @@ def _routes():
         ok = sum(item.status == 201 for item in items)
         return schemas.BatchResult(catalogued=ok, failed=len(items) - ok, items=items)
 
-    @router.get("/catalog", response_model=schemas.TrackPage)
+    @router.get("/catalog", response_model=schemas.TrackPage, responses=schemas.errors(422, 503))
     def list_tracks(
         catalog: CatalogDep,
         offset: Annotated[int, Query(ge=0, le=MAX_PAGE_END - PAGE_MAX_LIMIT)] = 0,
@@ -208,21 +210,23 @@ def _routes():
         items = [_track(r) for r in catalog.store.list(offset, limit)]
         return schemas.TrackPage(total=catalog.store.count(), offset=offset, limit=limit, items=items)
 
-    @router.get("/catalog/{track_id}", response_model=schemas.Track)
+    @router.get("/catalog/{track_id}", response_model=schemas.Track, responses=schemas.errors(404, 503))
     def get_track(track_id: str, catalog: CatalogDep) -> schemas.Track:
         record = catalog.get(track_id)
         if record is None:
             raise HTTPException(404, f"no track {track_id!r} in the catalogue")
         return _track(record)
 
-    @router.delete("/catalog/{track_id}", status_code=204, dependencies=[Depends(require_key)])
+    @router.delete("/catalog/{track_id}", status_code=204, dependencies=[Depends(require_key)],
+                   responses=schemas.errors(401, 404, 503))
     def delete_track(track_id: str, catalog: CatalogDep) -> Response:
         if not catalog.delete(track_id):
             raise HTTPException(404, f"no track {track_id!r} in the catalogue")
         _update_gauges(catalog)
         return Response(status_code=204)
 
-    @router.post("/identify", response_model=schemas.IdentifyResponse, dependencies=[Depends(require_identify_key)])
+    @router.post("/identify", response_model=schemas.IdentifyResponse, dependencies=[Depends(require_identify_key)],
+                 responses=schemas.errors(400, 401, 413, 415, 422, 503))
     async def identify_clip(
         catalog: CatalogDep,
         embedder: EmbedderDep,
@@ -249,7 +253,8 @@ def _routes():
     def healthz() -> schemas.Health:
         return schemas.Health(status="alive")
 
-    @router.get("/readyz", response_model=schemas.Health)
+    @router.get("/readyz", response_model=schemas.Health,
+                responses={503: {"model": schemas.Health, "description": "Starting, or the store does not answer"}})
     def readyz(request: Request) -> JSONResponse:
         catalog: Optional[Catalog] = getattr(request.app.state, "catalog", None)
         retry = {"Retry-After": str(request.app.state.settings.retry_after_s)}

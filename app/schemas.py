@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from pydantic import BaseModel, Field
 
@@ -54,6 +54,30 @@ class IdentifyResponse(BaseModel):
     timings_ms: dict[str, float]
     metadata_unavailable: bool = Field(False, description="true when the catalogue store did not answer: the "
                                        "matches are ranked as usual but carry no title or artist")
+
+
+class Error(BaseModel):
+    """Every error answer. `detail` is a sentence saying what to do; request-validation errors (422 from
+    FastAPI's own checks) carry its list of problems instead, each with `loc`, `msg` and `type`."""
+
+    detail: Union[str, list[dict[str, Any]]]
+
+
+def errors(*statuses: int) -> dict[int, dict]:
+    """OpenAPI `responses` for these statuses, all with the Error body."""
+    return {status: {"model": Error, "description": ERROR_MEANINGS[status]} for status in statuses}
+
+
+ERROR_MEANINGS = {
+    400: "Malformed request",
+    401: "A valid API key is required (Authorization: Bearer <key>)",
+    404: "No such track",
+    409: "The track_id exists (send replace=true to overwrite)",
+    413: "The body is over COVERID_MAX_UPLOAD_BYTES",
+    415: "Not a readable audio file",
+    422: "Invalid parameters, metadata or audio (too short, too long, silent, corrupt)",
+    503: "Overloaded, or the catalogue store is unavailable; see Retry-After",
+}
 
 
 class Health(BaseModel):

@@ -27,13 +27,16 @@ from models.config import ExtractorConfig
 from models.corpus import procedural
 from models.corpus.arrange import arrange, plan_version, truncate
 from models.corpus.render import RenderError, apply_chain, available_soundfonts, plan_chain, synthesise
+from models.corpus.voice import plan_voice, sing
 from models.corpus.works import Work
 from models.dataset import FRONT_END_MARKER, stored_front_end
 from models.frontend import FrontEnd
 
 # bump when a change to works, arrangement or rendering makes old cached versions unlike new ones
-# (2: versions are cut in score time, before the tempo change)
-CORPUS_FORMAT = 2
+# (2: versions are cut in score time, before the tempo change; 3: some melodies are sung)
+CORPUS_FORMAT = 3
+SUNG_PROBABILITY = 0.6  # versions whose melody is a voice (models/corpus/voice.py), as most real covers are
+VOICE_LEVEL_DB = (-3.0, 6.0)  # the voice's loudness over the band's
 
 
 @dataclass(frozen=True)
@@ -144,15 +147,38 @@ def render_job(job: Job, frontend: FrontEnd, rate: int, work_dir: str) -> tuple[
         plan["source"] = source_name
         midi = arrange(source, plan, rng, job.max_seconds)
         chain = plan_chain(rng, clean=job.version == 0)
+        plan["voice"] = plan_voice(rng) if rng.random() < SUNG_PROBABILITY else None
     if not midi.instruments or midi.get_end_time() < 1.0:
         raise ValueError("the version has no notes")
-    audio = synthesise(midi, soundfonts[font], rate, reverb=bool(rng.random() < 0.5), work_dir=work_dir)
+    audio = _perform(midi, plan.get("voice"), soundfonts[font], rate, rng, work_dir)
     audio = apply_chain(audio, rate, chain, rng)
     with torch.inference_mode():
         spectrogram = frontend.spectrogram(torch.from_numpy(audio)).numpy().astype(np.float16)
     meta = {"work_id": job.work.work_id, "version": job.version, "kind": job.work.kind, "soundfont": font,
             "seconds": round(audio.shape[0] / rate, 2), "plan": plan, "chain": chain}
     return spectrogram, meta
+
+
+def _perform(midi: pretty_midi.PrettyMIDI, voice: Optional[dict], soundfont: str, rate: int,
+             rng: np.random.Generator, work_dir: str) -> np.ndarray:
+    """The version as audio: fluidsynth plays every part, except a melody given a `voice`, which is sung."""
+    melody = next((inst for inst in midi.instruments if inst.name == "melody"), None) if voice else None
+    if melody is None:
+        return synthesise(midi, soundfont, rate, reverb=bool(rng.random() < 0.5), work_dir=work_dir)
+    seconds = midi.get_end_time() + 0.5
+    sung = sing([(n.pitch, n.start, n.end) for n in melody.notes], voice, rate, seconds, rng)
+    midi.instruments.remove(melody)
+    if not midi.instruments:
+        return sung
+    band = synthesise(midi, soundfont, rate, reverb=bool(rng.random() < 0.5), work_dir=work_dir)
+    length = max(len(band), len(sung))
+    band, sung = np.pad(band, (0, length - len(band))), np.pad(sung, (0, length - len(sung)))
+    level = 10 ** (rng.uniform(*VOICE_LEVEL_DB) / 20) * _rms(band) / max(_rms(sung), 1e-9)
+    return (band + level * sung).astype(np.float32)
+
+
+def _rms(audio: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(audio.astype(np.float64) ** 2)))
 
 
 def _save(path: Path, spectrogram: np.ndarray, meta: dict) -> None:

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from app.catalog import Catalog
-from app.store import SQLiteStore, TrackRecord
+import redis
+
+from app.store import RedisStore, SQLiteStore, TrackRecord
 from index.local_index import GRAPH_MEMBER
 
 DIM = 16
@@ -17,8 +19,20 @@ def record(track_id: str, rng: np.random.Generator) -> TrackRecord:
     return TrackRecord(track_id, None, None, {}, 50.0, MODEL, time.time(), vectors, (10.0 * np.arange(4)).astype(np.float32))
 
 
-def reopen(data_dir, m: int) -> tuple[Catalog, str]:
-    return Catalog.open(SQLiteStore(data_dir), MODEL, DIM, data_dir / "index.snapshot", m=m)
+def reopen(data_dir, m: int, make_store=SQLiteStore) -> tuple[Catalog, str]:
+    return Catalog.open(make_store(data_dir), MODEL, DIM, data_dir / "index.snapshot", m=m)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def make_store(request):
+    """How a test opens "the" store again: a SQLite file in its data dir, or one real Redis database."""
+    if request.param == "sqlite":
+        yield SQLiteStore
+        return
+    url = request.getfixturevalue("redis_server").url.replace("/0", "/15")
+    redis.Redis.from_url(url).flushdb()
+    yield lambda _data_dir: RedisStore(url)
+    redis.Redis.from_url(url).flushdb()
 
 
 def test_the_snapshot_is_used_when_it_fits_and_a_changed_m_rebuilds_from_the_store(tmp_path):
@@ -45,10 +59,10 @@ def test_the_snapshot_is_used_when_it_fits_and_a_changed_m_rebuilds_from_the_sto
     assert reopen(tmp_path, m=32)[1] == "snapshot"
 
 
-def saved_catalogue(tmp_path) -> np.ndarray:
+def saved_catalogue(tmp_path, make_store=SQLiteStore) -> np.ndarray:
     """Five tracks stored and snapshotted; returns a query that finds t3."""
     rng = np.random.default_rng(1)
-    catalog, _ = reopen(tmp_path, m=16)
+    catalog, _ = reopen(tmp_path, m=16, make_store=make_store)
     catalog.ingest_many([record(f"t{i}", rng) for i in range(5)])
     catalog.save_snapshot(tmp_path / "index.snapshot")
     catalog.store.close()
@@ -87,11 +101,11 @@ def truncated(path):
 
 
 @pytest.mark.parametrize("damage", [flip_byte_inside_graph, random_graph, directory_instead, truncated])
-def test_a_damaged_snapshot_is_moved_aside_and_the_index_rebuilt_from_the_store(tmp_path, damage, caplog):
-    query = saved_catalogue(tmp_path)
+def test_a_damaged_snapshot_is_moved_aside_and_the_index_rebuilt_from_the_store(tmp_path, damage, caplog, make_store):
+    query = saved_catalogue(tmp_path, make_store)
     damage(tmp_path / "index.snapshot")
     with caplog.at_level("WARNING", logger="coverid.catalog"):
-        catalog, how = reopen(tmp_path, m=16)
+        catalog, how = reopen(tmp_path, m=16, make_store=make_store)
     assert how == "rebuilt"
     assert catalog.index.search(query, top_k=1)[0].track_id == "t3"
     assert not (tmp_path / "index.snapshot").exists()
@@ -129,14 +143,14 @@ def test_a_second_process_on_the_same_store_converges_by_syncing(tmp_path):
     assert second.sync() == 0 and second.generation == first.store.generation()
 
 
-def test_a_snapshot_whose_counts_match_a_changed_store_is_brought_up_to_date(tmp_path):
+def test_a_snapshot_whose_counts_match_a_changed_store_is_brought_up_to_date(tmp_path, make_store):
     """The stale snapshot of issue 12: another process swapped a track's content, counts unchanged."""
-    query = saved_catalogue(tmp_path)
-    other = SQLiteStore(tmp_path)
+    query = saved_catalogue(tmp_path, make_store)
+    other = make_store(tmp_path)
     swapped = record("t3", np.random.default_rng(9))
     other.put(swapped, replace=True)
     other.close()
-    catalog, how = reopen(tmp_path, m=16)
+    catalog, how = reopen(tmp_path, m=16, make_store=make_store)
     assert how == "snapshot"  # trusted as of its generation, then the log replayed
     assert np.allclose(catalog.index.vectors("t3"), swapped.vectors, atol=1e-6)
     assert catalog.index.search(swapped.vectors[:2], top_k=1)[0].track_id == "t3"

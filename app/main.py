@@ -18,8 +18,8 @@ from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request,
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from starlette.routing import Match
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.routing import Match
 
 from app import schemas
 from app.catalog import Catalog
@@ -257,12 +257,12 @@ def _routes():
                 responses={503: {"model": schemas.Health, "description": "Starting, or the store does not answer"}})
     def readyz(request: Request) -> JSONResponse:
         catalog: Optional[Catalog] = getattr(request.app.state, "catalog", None)
-        retry = {"Retry-After": str(request.app.state.settings.retry_after_s)}
         if catalog is None:
-            return JSONResponse({"status": "starting", "detail": "loading the model and the catalogue"}, 503, retry)
+            return _retry_later(request, {"status": "starting", "detail": "loading the model and the catalogue"})
         if not catalog.store.ping():
-            return JSONResponse({"status": "unavailable", "detail": f"the catalogue store ({catalog.store.location}) does "
-                                 "not answer; /identify still answers from memory, without titles"}, 503, retry)
+            return _retry_later(request, {"status": "unavailable", "detail": f"the catalogue store "
+                                f"({catalog.store.location}) does not answer; /identify still answers from memory, "
+                                "without titles"})
         body = schemas.Health(status="ready", model_id=catalog.model_id, tracks=catalog.store.count(),
                               vectors=catalog.index.vector_count)
         return JSONResponse(body.model_dump())
@@ -344,14 +344,16 @@ async def _store_unavailable(request: Request, err: StoreError) -> JSONResponse:
     retry_after = request.app.state.settings.retry_after_s
     detail = ("the catalogue's disk is full: nothing was changed; an operator must free space" if isinstance(err, StoreFull)
               else "the catalogue store is unavailable")
-    return JSONResponse({"detail": f"{detail}; retry in {retry_after} s"}, status_code=503,
-                        headers={"Retry-After": str(retry_after)})
+    return _retry_later(request, {"detail": f"{detail}; retry in {retry_after} s"})
 
 
 async def _overloaded(request: Request, err: Overloaded) -> JSONResponse:
-    retry_after = request.app.state.settings.retry_after_s
-    return JSONResponse({"detail": f"{err} (in {retry_after} s)"}, status_code=503,
-                        headers={"Retry-After": str(retry_after)})
+    return _retry_later(request, {"detail": f"{err} (in {request.app.state.settings.retry_after_s} s)"})
+
+
+def _retry_later(request: Request, body: dict) -> JSONResponse:
+    """A 503 with the configured Retry-After: every temporary refusal of the service."""
+    return JSONResponse(body, status_code=503, headers={"Retry-After": str(request.app.state.settings.retry_after_s)})
 
 
 app = create_app()

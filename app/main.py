@@ -23,10 +23,10 @@ from starlette.routing import Match
 
 from app import schemas
 from app.catalog import Catalog
-from app.limits import UNAUTHORISED, BodyLimit, KeyBeforeBody, RequestMetrics
+from app.limits import UNAUTHORISED, AdmitBeforeBody, BodyLimit, KeyBeforeBody, RequestMetrics
 from app.metrics import (CATALOG_TRACKS, GPU_MEMORY, INDEX_VECTORS, INGESTED_AUDIO_SECONDS, INGESTED_TRACKS,
                          MODEL_INFO, READY, STORE_UP)
-from app.pipeline import ClipDurationError, Embedder, Overloaded, identify, ingest, make_record
+from app.pipeline import Admission, ClipDurationError, Embedder, Overloaded, identify, ingest, make_record
 from app.settings import Settings, get_settings
 from app.store import StoreError, StoreFull, StoreUnavailable, TrackExists, TrackRecord, open_store
 from app.store.base import MAX_PAGE_END, METADATA_TOO_DEEP, metadata_json
@@ -74,6 +74,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.state.settings = settings
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
     router = _routes()
+    app.add_middleware(AdmitBeforeBody, model_route=lambda scope: _route_using_model(router.routes, scope),
+                       admission=lambda: _admission(app), retry_after_s=settings.retry_after_s)
     app.add_middleware(KeyBeforeBody, needs_key=lambda scope: _route_needing_key(router.routes, settings, scope),
                        key_valid=lambda header: _key_valid(header, settings))
     app.add_middleware(RequestMetrics)
@@ -127,17 +129,35 @@ def require_identify_key(request: Request, settings: SettingsDep) -> None:
         _check_key(request, settings)
 
 
-def _route_needing_key(routes: list, settings: Settings, scope) -> Optional[APIRoute]:
-    """The route `scope` goes to, when its dependencies ask for a key under `settings`."""
-    if not settings.api_keys:
-        return None
+def _matched_route(routes: list, scope) -> Optional[APIRoute]:
     for route in routes:
         if isinstance(route, APIRoute) and route.matches(scope)[0] == Match.FULL:
-            checks = {d.dependency for d in route.dependencies}
-            if require_key in checks or (require_identify_key in checks and settings.identify_requires_key):
-                return route
-            return None
+            return route
     return None
+
+
+def _route_needing_key(routes: list, settings: Settings, scope) -> Optional[APIRoute]:
+    """The route `scope` goes to, when its dependencies ask for a key under `settings`."""
+    route = _matched_route(routes, scope) if settings.api_keys else None
+    if route is None:
+        return None
+    checks = {d.dependency for d in route.dependencies}
+    if require_key in checks or (require_identify_key in checks and settings.identify_requires_key):
+        return route
+    return None
+
+
+def _route_using_model(routes: list, scope) -> Optional[APIRoute]:
+    """The route `scope` goes to, when it takes the embedder (so needs a place in the model's queue)."""
+    route = _matched_route(routes, scope)
+    if route is not None and any(d.call is embedder_dep for d in route.dependant.dependencies):
+        return route
+    return None
+
+
+def _admission(app: FastAPI) -> Optional[Admission]:
+    embedder = getattr(app.state, "embedder", None)
+    return embedder.admission if embedder is not None else None
 
 
 # -- routes ------------------------------------------------------------------------

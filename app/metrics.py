@@ -27,7 +27,7 @@ STAGE_SECONDS = Histogram(
     ["stage"], buckets=BUCKETS,
 )
 QUEUE_DEPTH = Gauge("coverid_model_queue_depth",
-                    "Requests holding or waiting for the model (decode, embed), at most COVERID_QUEUE_SIZE.")
+                    "Model requests in flight (upload, decode, embed, waiting), at most COVERID_QUEUE_SIZE.")
 REJECTED = Counter("coverid_rejected_requests", "Requests refused with 503 before using the model, by reason: "
                    "queue_full (COVERID_QUEUE_SIZE requests already in) or wait (no model turn within "
                    "COVERID_QUEUE_WAIT_S).", ["reason"])

@@ -62,21 +62,46 @@ class Overloaded(Exception):
     """The model's queue is full, or its turn did not come in time: answer 503 with Retry-After."""
 
 
+class Admission:
+    """At most `size` requests in the model's queue at once: uploading, decoding, embedding or waiting.
+
+    The HTTP layer takes a place from the headers alone, before any of the body is read, so a
+    refusal costs nothing and comes at once whatever the upload's size; the place is held until the
+    answer is sent. Latency of admitted requests then stays bounded under any load.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self._inside = 0
+        self._lock = threading.Lock()
+
+    def enter(self) -> None:
+        """Take a place, or raise Overloaded when all are taken."""
+        with self._lock:
+            if self._inside >= self.size:
+                REJECTED.labels("queue_full").inc()
+                raise Overloaded(f"{self.size} requests are already being served; retry later")
+            self._inside += 1
+            QUEUE_DEPTH.set(self._inside)
+
+    def leave(self) -> None:
+        with self._lock:
+            self._inside -= 1
+            QUEUE_DEPTH.set(self._inside)
+
+
 class Embedder:
     """The loaded extractor behind one lock, timing decode and embed separately.
 
-    Admission is bounded: at most `queue_size` requests decode, embed or wait for the model at once,
-    and none waits for its turn longer than `queue_wait_s`; the rest are refused at once (Overloaded).
-    Latency of accepted requests then stays bounded under any load, instead of growing with the queue.
+    No caller waits for the model's turn longer than `queue_wait_s`: past it, Overloaded. How many
+    may wait at once is bounded before this, by `admission` (see Admission).
     """
 
     def __init__(self, extractor: LoadedExtractor, queue_size: int = 16, queue_wait_s: float = 2.0):
         self.extractor = extractor
-        self.queue_size = queue_size
+        self.admission = Admission(queue_size)
         self.queue_wait_s = queue_wait_s
         self._lock = threading.Lock()
-        self._admitted = 0
-        self._admission = threading.Lock()
 
     @property
     def model_id(self) -> str:
@@ -87,36 +112,19 @@ class Embedder:
         return self.extractor.device
 
     def embed(self, data: bytes, max_seconds: float, clock: StageClock) -> LocalEmbeddings:
-        self._admit()
+        started = time.perf_counter()
+        waveform = self.extractor.decode(data, max_seconds=max_seconds)
+        decoded = time.perf_counter()
+        clock.add("decode", decoded - started)
+        if not self._lock.acquire(timeout=self.queue_wait_s):
+            REJECTED.labels("wait").inc()
+            raise Overloaded(f"the model was busy for {self.queue_wait_s:g} s; retry later")
         try:
-            started = time.perf_counter()
-            waveform = self.extractor.decode(data, max_seconds=max_seconds)
-            decoded = time.perf_counter()
-            clock.add("decode", decoded - started)
-            if not self._lock.acquire(timeout=self.queue_wait_s):
-                REJECTED.labels("wait").inc()
-                raise Overloaded(f"the model was busy for {self.queue_wait_s:g} s; retry later")
-            try:
-                embeddings = self.extractor.embed_waveform(waveform)
-            finally:
-                self._lock.release()
-            clock.add("embed", time.perf_counter() - decoded)
-            return embeddings
+            embeddings = self.extractor.embed_waveform(waveform)
         finally:
-            self._leave()
-
-    def _admit(self) -> None:
-        with self._admission:
-            if self._admitted >= self.queue_size:
-                REJECTED.labels("queue_full").inc()
-                raise Overloaded(f"{self.queue_size} requests are already being served; retry later")
-            self._admitted += 1
-            QUEUE_DEPTH.set(self._admitted)
-
-    def _leave(self) -> None:
-        with self._admission:
-            self._admitted -= 1
-            QUEUE_DEPTH.set(self._admitted)
+            self._lock.release()
+        clock.add("embed", time.perf_counter() - decoded)
+        return embeddings
 
 
 def make_record(

@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     hnsw_m: int = Field(32, ge=4, le=128, description="HNSW links per node; fixed when the index is built")
     max_top_k: int = Field(200, ge=1)
     # back-pressure: beyond these a request gets 503 + Retry-After at once instead of queueing without bound
-    queue_size: int = Field(16, ge=1, le=10000, description="requests decoding, embedding or waiting for the model")
+    queue_size: int = Field(16, ge=1, le=10000, description="model requests in flight, from their headers to their answer")
     queue_wait_s: float = Field(2.0, gt=0, le=300, description="longest wait for the model's turn")
     # slow clients: deadlines to receive a request (uvicorn itself has none; see app/http_protocol.py)
     header_timeout_s: float = Field(10.0, gt=0, le=600, description="request headers, from the first byte")

@@ -5,8 +5,13 @@ For each store (SQLite, or Redis on a redis-server started here) and each client
 - `clients` closed-loop identify clients (each sends its next 20 s clip when the last answer arrives);
 - one churn client that ingests a new track and deletes an old one, in turn.
 Reported per run: identify answers per second, p50/p95/p99 latency of the accepted (200) answers,
-503s with Retry-After (back-pressure), other errors (any status >= 500 other than those 503s, or a
-failed connection), and the server's peak resident memory (VmHWM).
+the p99 of the time the server itself spent on them (their `timings_ms.total`: decode to answer), 503s with
+Retry-After (back-pressure), other errors (any status >= 500 other than those 503s, or a failed
+connection), and the server's peak resident memory (VmHWM).
+
+The load clients share the 2 cores with the server, so under heavy load their own latencies include
+time their process waits for the CPU. A light probe therefore also sends a tiny request every 0.2 s
+over a raw socket and times the server's first answer byte: how quickly a refusal really comes.
 
     .venv/bin/python benchmarks/load.py --clients 4 16 64 --stores sqlite redis --seconds 30
 """
@@ -22,6 +27,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -70,6 +76,23 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def refusal_probe(url: str, stop: float, out: dict) -> None:
+    """A tiny complete request (an invalid body: 400 when admitted, 503 when the queue is full), timed to its status line."""
+    host, port = url.removeprefix("http://").split(":")
+    request = (b"POST /identify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+               b"Content-Length: 10\r\n\r\nnot a form")
+    while time.monotonic() < stop:
+        started = time.monotonic()
+        try:
+            with socket.create_connection((host, int(port)), timeout=30) as sock:
+                sock.sendall(request)
+                status = sock.recv(12)[9:12].decode()
+            out.setdefault(status, []).append(time.monotonic() - started)
+        except OSError as err:
+            out.setdefault(type(err).__name__, []).append(time.monotonic() - started)
+        time.sleep(0.2)
+
+
 async def identify_client(client: httpx.AsyncClient, clips: list[bytes], stop: float, out: dict) -> None:
     i = 0
     while time.monotonic() < stop:
@@ -79,6 +102,7 @@ async def identify_client(client: httpx.AsyncClient, clips: list[bytes], stop: f
             seconds = time.monotonic() - started
             if answer.status_code == 200:
                 out["latency"].append(seconds)
+                out["server_time"].append(answer.json()["timings_ms"]["total"] / 1000)
             elif answer.status_code == 503 and "retry-after" in answer.headers:
                 out["rejected"] += 1
                 out["reject_latency"].append(seconds)
@@ -106,12 +130,16 @@ async def churn_client(client: httpx.AsyncClient, tracks: list[bytes], stop: flo
 
 
 async def run_load(url: str, clients: int, seconds: float, clips: list[bytes], tracks: list[bytes]) -> dict:
-    out = {"latency": [], "reject_latency": [], "rejected": 0, "errors": [], "ingest": {}, "delete": {}}
+    out = {"latency": [], "server_time": [], "reject_latency": [], "rejected": 0, "errors": [], "ingest": {},
+           "delete": {}, "probe": {}}
     limits = httpx.Limits(max_connections=clients + 4)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
         stop = time.monotonic() + seconds
+        probe = threading.Thread(target=refusal_probe, args=(url, stop, out["probe"]), daemon=True)
+        probe.start()
         await asyncio.gather(churn_client(client, tracks, stop, out),
                              *(identify_client(client, clips, stop, out) for _ in range(clients)))
+        probe.join()
     return out
 
 
@@ -159,17 +187,21 @@ def main() -> None:
                         redis.wait(timeout=30)
             row = {"store": store, "clients": clients, "identify_per_s": len(out["latency"]) / args.seconds,
                    "p50_ms": percentile(out["latency"], 50), "p95_ms": percentile(out["latency"], 95),
-                   "p99_ms": percentile(out["latency"], 99), "rejected": out["rejected"],
-                   "reject_p99_ms": percentile(out["reject_latency"], 99), "errors": len(out["errors"]),
+                   "p99_ms": percentile(out["latency"], 99), "server_p99_ms": percentile(out["server_time"], 99),
+                   "rejected": out["rejected"], "reject_p99_ms": percentile(out["reject_latency"], 99),
+                   "probe": {status: (len(times), percentile(times, 99)) for status, times in out["probe"].items()},
+                   "errors": len(out["errors"]),
                    "peak_rss_mib": rss, "ingest": out["ingest"], "delete": out["delete"]}
             rows.append(row)
             print(row, file=sys.stderr, flush=True)
-    print("| store | clients | identify/s | p50 ms | p95 ms | p99 ms | 503 (Retry-After) | their p99 ms | errors | peak RSS MiB | ingest statuses | delete statuses |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| store | clients | identify/s | p50 ms | p95 ms | p99 ms | server p99 ms | 503 (Retry-After) | their p99 ms "
+          "| probe: answers, p99 ms | errors | peak RSS MiB | ingest statuses | delete statuses |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        probe = ", ".join(f"{status} x{n} {p99:.0f}" for status, (n, p99) in sorted(r["probe"].items()))
         print(f"| {r['store']} | {r['clients']} | {r['identify_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | "
-              f"{r['p99_ms']:.0f} | {r['rejected']} | {r['reject_p99_ms']:.0f} | {r['errors']} | {r['peak_rss_mib']:.0f} | "
-              f"{r['ingest']} | {r['delete']} |")
+              f"{r['p99_ms']:.0f} | {r['server_p99_ms']:.0f} | {r['rejected']} | {r['reject_p99_ms']:.0f} | {probe} | "
+              f"{r['errors']} | {r['peak_rss_mib']:.0f} | {r['ingest']} | {r['delete']} |")
 
 
 if __name__ == "__main__":

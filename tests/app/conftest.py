@@ -7,6 +7,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 import redis
@@ -163,3 +164,17 @@ def running_service(request, tmp_path: Path, model_path: Path, env: dict[str, st
     process.stop()
     if request.param == "redis":
         redis.Redis.from_url(env["COVERID_REDIS_URL"]).flushdb()
+
+
+def raw_request_head(url: str, head: str, first_body_bytes: int) -> str:
+    """Send a request's head and the first bytes of a much larger declared body; return what the server answers."""
+    target = urlparse(url)
+    with socket.create_connection((target.hostname, target.port), timeout=10) as sock:
+        sock.sendall(head.encode() + bytes(first_body_bytes))
+        answer = b""
+        while not answer.endswith(b"}"):  # the head and the JSON body may come in separate packets
+            part = sock.recv(4096)
+            if not part:
+                break
+            answer += part
+        return answer.decode("latin-1")

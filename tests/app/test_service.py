@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.app.conftest import running_service
+from tests.app.conftest import raw_request_head, running_service
 from tests.conftest import SAMPLE_RATE, tune
 
 KEY = "test-key-123"
@@ -216,23 +216,6 @@ def test_concurrent_identify_ingest_and_delete_over_http(service, tracks):
             found = client.post("/identify", files={"file": ("t.flac", tracks[f"tune-{int(item['track_id'][-1]) % 3}"])},
                                 params={"top_k": 50}).json()
             assert item["track_id"] in [m["track_id"] for m in found["matches"]]
-
-
-def raw_request_head(url: str, head: str, first_body_bytes: int) -> str:
-    """Send a request's head and the first bytes of a much larger declared body; return what the server answers."""
-    import socket
-    from urllib.parse import urlparse
-
-    target = urlparse(url)
-    with socket.create_connection((target.hostname, target.port), timeout=10) as sock:
-        sock.sendall(head.encode() + bytes(first_body_bytes))
-        answer = b""
-        while not answer.endswith(b"}"):  # the head and the JSON body may come in separate packets
-            part = sock.recv(4096)
-            if not part:
-                break
-            answer += part
-        return answer.decode("latin-1")
 
 
 @pytest.mark.parametrize("service", ["sqlite"], indirect=True)

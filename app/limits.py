@@ -118,7 +118,7 @@ class AdmitBeforeBody:
             admission.enter()
         except Overloaded as err:
             scope["route"] = route  # counted under its template, as if the route had answered
-            return await _send_json(send, 503, f"{err} (in {self.retry_after_s} s)",
+            return await _send_json(send, 503, err.detail(self.retry_after_s),
                                     [(b"retry-after", str(self.retry_after_s).encode())])
         try:
             await self.app(scope, receive, send)

@@ -368,7 +368,7 @@ async def _store_unavailable(request: Request, err: StoreError) -> JSONResponse:
 
 
 async def _overloaded(request: Request, err: Overloaded) -> JSONResponse:
-    return _retry_later(request, {"detail": f"{err} (in {request.app.state.settings.retry_after_s} s)"})
+    return _retry_later(request, {"detail": err.detail(request.app.state.settings.retry_after_s)})
 
 
 def _retry_later(request: Request, body: dict) -> JSONResponse:

@@ -61,6 +61,10 @@ class Identification:
 class Overloaded(Exception):
     """The model's queue is full, or its turn did not come in time: answer 503 with Retry-After."""
 
+    def detail(self, retry_after_s: int) -> str:
+        """The 503's message, the same whether the middleware or a route refuses."""
+        return f"{self} (in {retry_after_s} s)"
+
 
 class Admission:
     """At most `size` requests in the model's queue at once: uploading, decoding, embedding or waiting.

@@ -81,3 +81,10 @@ def test_the_image_is_multi_stage_and_its_final_stage_is_lean_and_unprivileged()
     assert re.search(r"(?m)^HEALTHCHECK .*(\n.*)*?/healthz", final)
     assert re.search(r"(?m)^VOLUME .*/data", final)
     assert "COPY --from=" in final and "models/weights/extractor.pt" in final
+
+
+def test_the_env_file_holding_the_passwords_is_never_committed():
+    # the README's deployment copies docker/env.example to .env and fills in the passwords
+    ignored = subprocess.run(["git", "check-ignore", "--quiet", ".env"], cwd=ROOT)
+    assert ignored.returncode == 0, ".env is not ignored by git: add it to .gitignore"
+    assert subprocess.run(["git", "check-ignore", "--quiet", "docker/env.example"], cwd=ROOT).returncode == 1

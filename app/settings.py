@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
@@ -57,8 +57,18 @@ class Settings(BaseSettings):
     identify_requires_key: bool = False
     log_level: str = Field("info", pattern=r"^(debug|info|warning|error)$")
 
+    @field_validator("api_keys")
+    @classmethod
+    def _no_empty_key(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        # a request without an Authorization header offers the empty key, so it would pass for a valid one
+        if any(not key.get_secret_value().strip() for key in keys):
+            raise ValueError("a key is empty or only whitespace; remove it, every key must be a long random string")
+        return keys
+
     @model_validator(mode="after")
     def _consistent(self) -> "Settings":
+        if self.identify_requires_key and not self.api_keys:  # with no key configured, every request passes
+            raise ValueError("COVERID_IDENTIFY_REQUIRES_KEY is true but COVERID_API_KEYS lists no key; set the keys")
         if self.max_clip_seconds is None:
             self.max_clip_seconds = self.max_track_seconds
         if self.min_clip_seconds > self.max_clip_seconds:

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import abc
 import json
+import logging
 import math
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from dataclasses import replace as with_fields
 from typing import Any, Optional
 
 import numpy as np
+
+log = logging.getLogger("coverid.store")
 
 # Vectors are stored as raw little-endian float32 so a file or a Redis dump
 # reads the same on any machine.
@@ -25,6 +30,9 @@ NORM_TOLERANCE = 1e-3
 # pydantic refuses to serialise a response (about 250), so a stored track can always be read back.
 MAX_METADATA_DEPTH = 32
 METADATA_TOO_DEEP = f"metadata nests more than {MAX_METADATA_DEPTH} objects or lists deep; flatten it"
+# What json.loads makes of an unpaired escape such as "\ud800": a Python string holds it, but UTF-8 cannot,
+# so neither a store nor an HTTP answer can carry it.
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # Both backends take page bounds as signed 64-bit integers (SQLite's OFFSET, Redis's ZRANGE); far past any catalogue.
 MAX_PAGE_END = 2**62
 
@@ -71,6 +79,12 @@ class TrackRecord:
 
 def validate_record(record: TrackRecord) -> None:
     """Raise ValueError naming the problem; stores call this before writing anything."""
+    _validate_fields(record)
+    _validate_vectors(record.vectors, record.starts_s)
+
+
+def _validate_fields(record: TrackRecord) -> None:
+    """Everything but the vectors: what an answer about the track needs."""
     if not isinstance(record.track_id, str) or not record.track_id:
         raise ValueError(f"track_id must be a non-empty string, got {record.track_id!r}")
     if not isinstance(record.model_id, str) or not record.model_id:
@@ -79,10 +93,19 @@ def validate_record(record: TrackRecord) -> None:
         value = getattr(record, name)
         if value is not None and not isinstance(value, str):
             raise ValueError(f"{name} must be a string or None, got {type(value).__name__}")
+    for name in ("track_id", "model_id", "title", "artist"):
+        _check_text(name, getattr(record, name))
     _check_finite("duration_s", record.duration_s, minimum=0.0)
     _check_finite("created_at", record.created_at)
     metadata_json(record.metadata)
-    _validate_vectors(record.vectors, record.starts_s)
+
+
+def _check_text(name: str, text: Optional[str]) -> None:
+    found = LONE_SURROGATE.search(text or "")
+    if found:
+        raise ValueError(f"{name} holds the lone surrogate \\u{ord(found.group()):04x}, which is not text and "
+                         "cannot be stored as UTF-8: send the character itself, or one past U+FFFF as its escape "
+                         "pair (e.g. \\ud83c\\udfb5)")
 
 
 def _check_finite(name: str, value: Any, minimum: Optional[float] = None) -> None:
@@ -118,16 +141,19 @@ def _describe(array: Any) -> str:
 
 
 def metadata_json(metadata: Any) -> str:
-    """The metadata as compact JSON; ValueError when it is not a JSON-serialisable dict."""
+    """The metadata as compact JSON text; ValueError when it is not a JSON-serialisable dict of UTF-8 text."""
     if not isinstance(metadata, dict):
         raise ValueError(f"metadata must be a dict, got {type(metadata).__name__}")
     if _nesting_depth(metadata) > MAX_METADATA_DEPTH:
         raise ValueError(METADATA_TOO_DEEP)
     try:
-        return json.dumps(metadata, separators=(",", ":"), allow_nan=False)
+        # not ASCII-escaped: a lone surrogate in a key or a value would come out as a harmless-looking escape
+        text = json.dumps(metadata, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as err:
         raise ValueError(f"metadata must be standard JSON (strings, finite numbers, booleans, null, lists, "
                          f"objects): {err}") from None
+    _check_text("metadata", text)
+    return text
 
 
 def _nesting_depth(value: Any) -> int:
@@ -139,6 +165,40 @@ def _nesting_depth(value: Any) -> int:
             deepest = max(deepest, depth)
             pending.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
     return deepest
+
+
+def readable_record(track_id: str, decode: Callable[[], TrackRecord]) -> Optional[TrackRecord]:
+    """The stored track `decode()` reads, fit to answer with; None, logged, when it cannot be read at all.
+
+    Stores read every track through this, so one bad track (written past this version's checks, by an older
+    coverid or another tool, or damaged) never makes a listing, an index rebuild or the service fail.
+    """
+    try:
+        record = decode()
+        try:
+            _validate_fields(record)
+        except ValueError:  # lone surrogates, stored before they were refused: the rest of the track is sound
+            record = with_fields(record, title=_repaired(record.title), artist=_repaired(record.artist),
+                                 metadata=_repaired(record.metadata))
+            _validate_fields(record)
+            log.warning("track %r holds text that is not Unicode (lone surrogates); it is read with U+FFFD in their "
+                        "place: ingest it again with replace=true to store it so", track_id)
+        return record
+    except Exception as err:  # noqa: BLE001 - whatever is wrong with this track, the others stay readable
+        log.error("track %r in the store cannot be read (%s: %s); reads leave it out: delete it "
+                  "(DELETE /catalog/{track_id}) and ingest it again", track_id, type(err).__name__, err)
+        return None
+
+
+def _repaired(value: Any) -> Any:
+    """`value` with each lone surrogate in its strings, dict keys included, replaced by U+FFFD."""
+    if isinstance(value, str):
+        return LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_repaired(item) for item in value]
+    if isinstance(value, dict):
+        return {_repaired(key): _repaired(item) for key, item in value.items()}
+    return value
 
 
 def to_blob(array: np.ndarray) -> bytes:
@@ -192,7 +252,8 @@ class CatalogStore(abc.ABC):
 
     @abc.abstractmethod
     def get(self, track_id: str, with_vectors: bool = False) -> Optional[TrackRecord]:
-        """The track, or None. Without vectors, `vectors` is None (starts_s is still read: it is small)."""
+        """The track, or None (also for one that cannot be read, see `readable_record`). Without vectors,
+        `vectors` is None (starts_s is still read: it is small)."""
 
     @abc.abstractmethod
     def delete(self, track_id: str) -> bool:

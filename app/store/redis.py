@@ -41,6 +41,7 @@ from app.store.base import (
     TrackRecord,
     check_page,
     from_blob,
+    readable_record,
     to_blob,
     validate_record,
 )
@@ -217,11 +218,11 @@ class RedisStore(CatalogStore):
         if limit == 0:
             return []  # ZRANGE 0 -1 would mean "everything"
         with self._translate():
-            ids = [raw.decode() for raw in self._client.zrange(self._tracks, offset, offset + limit - 1)]
+            ids = [_text(raw) for raw in self._client.zrange(self._tracks, offset, offset + limit - 1)]
             return self._fetch(ids, with_vectors=False)
 
     def _fetch(self, ids: list[str], with_vectors: bool) -> list[TrackRecord]:
-        """The tracks in one round trip; one deleted since its id was read is left out."""
+        """The tracks in one round trip; one deleted since its id was read, or unreadable (logged), is left out."""
         fields = META_FIELDS + (b"vectors",) if with_vectors else META_FIELDS
         pipe = self._client.pipeline(transaction=False)
         for track_id in ids:
@@ -251,7 +252,7 @@ class RedisStore(CatalogStore):
         while True:
             with self._translate():
                 cursor, pairs = self._client.zscan(self._tracks, cursor, count=batch_size)
-            ids = [track_id for track_id in (raw.decode() for raw, _ in pairs) if track_id not in seen]
+            ids = [track_id for track_id in (_text(raw) for raw, _ in pairs) if track_id not in seen]
             seen.update(ids)
             for start in range(0, len(ids), batch_size):
                 with self._translate():
@@ -290,15 +291,25 @@ class RedisStore(CatalogStore):
         self._client.close()
 
 
+def _text(raw: bytes) -> str:
+    # bytes another client stored that are not UTF-8 read with U+FFFD, instead of failing the whole read
+    return raw.decode("utf-8", "replace")
+
+
 def _from_fields(track_id: str, values: list[Optional[bytes]]) -> Optional[TrackRecord]:
-    meta_raw, model, n_raw, dim_raw, starts = values[:5]
-    if meta_raw is None:
+    """The track of these hash fields; None when absent, or (logged) when it cannot be read."""
+    if values[0] is None:
         return None
-    meta = json.loads(meta_raw)
+    return readable_record(track_id, lambda: _decode_fields(track_id, values))
+
+
+def _decode_fields(track_id: str, values: list[Optional[bytes]]) -> TrackRecord:
+    meta_raw, model, n_raw, dim_raw, starts = values[:5]
+    meta = json.loads(_text(meta_raw))
     n, dim = int(n_raw), int(dim_raw)
     return TrackRecord(
         track_id=track_id, title=meta["title"], artist=meta["artist"], metadata=meta["metadata"],
-        duration_s=meta["duration_s"], model_id=model.decode(), created_at=meta["created_at"],
+        duration_s=meta["duration_s"], model_id=_text(model), created_at=meta["created_at"],
         vectors=from_blob(values[5], n, dim) if len(values) > 5 else None,
         starts_s=from_blob(starts, n),
     )

@@ -38,6 +38,7 @@ from app.store.base import (
     check_page,
     from_blob,
     metadata_json,
+    readable_record,
     to_blob,
     validate_record,
 )
@@ -127,6 +128,7 @@ class SQLiteStore(CatalogStore):
         # check_same_thread=False only so close() can close every thread's connection.
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA synchronous = FULL")
+        conn.text_factory = _text
         return conn
 
     def _conn(self) -> sqlite3.Connection:
@@ -253,7 +255,7 @@ class SQLiteStore(CatalogStore):
         query = f"SELECT {META_COLUMNS} FROM tracks ORDER BY created_at, track_id LIMIT ? OFFSET ?"
         with self._translate():
             rows = self._conn().execute(query, (limit, offset)).fetchall()
-        return [_from_row(row) for row in rows]
+        return [record for record in map(_from_row, rows) if record is not None]
 
     def count(self) -> int:
         return self._counter("tracks")
@@ -279,7 +281,7 @@ class SQLiteStore(CatalogStore):
         while True:
             with self._translate():
                 rows = self._conn().execute(query, (after, batch_size)).fetchall()
-            yield from (_from_row(row) for row in rows)
+            yield from (record for record in map(_from_row, rows) if record is not None)
             if len(rows) < batch_size:
                 return
             after = rows[-1][0]
@@ -337,7 +339,17 @@ def _to_row(record: TrackRecord) -> tuple:
     )
 
 
-def _from_row(row: tuple) -> TrackRecord:
+def _text(raw: bytes) -> str:
+    # text another tool stored that is not UTF-8 reads with U+FFFD, instead of failing the whole query
+    return raw.decode("utf-8", "replace")
+
+
+def _from_row(row: tuple) -> Optional[TrackRecord]:
+    """The row's track; None (logged) when it cannot be read."""
+    return readable_record(row[0], lambda: _decode_row(row))
+
+
+def _decode_row(row: tuple) -> TrackRecord:
     track_id, title, artist, metadata, duration_s, model_id, created_at, dim, n, starts = row[:10]
     return TrackRecord(
         track_id=track_id, title=title, artist=artist, metadata=json.loads(metadata),

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
 import pytest
 import redis
+
+from app.store import CatalogStore, SQLiteStore, TrackRecord
+from app.store.base import to_blob
+from app.store.sqlite import META_COLUMNS
 
 START_TIMEOUT_S = 10.0
 
@@ -178,3 +185,26 @@ def raw_request_head(url: str, head: str, first_body_bytes: int) -> str:
                 break
             answer += part
         return answer.decode("latin-1")
+
+
+def plant_raw_track(store: CatalogStore, track_id: str, title: str, metadata_text: str,
+                    created_at: float = 500.0) -> None:
+    """Write a track of model "m1" straight into `store`, past its checks, as an older coverid or another tool could:
+    `metadata_text` is the stored JSON as is (it need not parse), and a lone surrogate in `title` is stored as
+    each backend would hold one (SQLite: its bytes, which are not UTF-8; Redis: a \\ud800 escape in the JSON)."""
+    vectors, starts = np.eye(2, 8, dtype=np.float32), np.array([0.0, 10.0], dtype=np.float32)
+    if isinstance(store, SQLiteStore):
+        row = (track_id, title.encode("utf-8", "surrogatepass"), None, metadata_text, 30.0, "m1", created_at, 8, 2,
+               to_blob(starts), to_blob(vectors))
+        conn = sqlite3.connect(store.path)
+        with conn:  # commits; the triggers count the track and log the change as for any write
+            conn.execute(f"INSERT INTO tracks ({META_COLUMNS}, vectors) VALUES "
+                         "(?, CAST(? AS TEXT), ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+        conn.close()
+        return
+    store.put(TrackRecord(track_id, "placeholder", None, {}, 30.0, "m1", created_at, vectors, starts))
+    meta = (f'{{"title":{json.dumps(title)},"artist":null,"metadata":{metadata_text},'
+            f'"duration_s":30.0,"created_at":{created_at!r}}}')
+    client = redis.Redis.from_url(store.location)
+    client.hset(f"{store.prefix}:track:{track_id}", "meta", meta)
+    client.close()

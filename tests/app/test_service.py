@@ -6,13 +6,15 @@ import io
 import json
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.app.conftest import raw_request_head, running_service
+from app.store import open_store
+from tests.app.conftest import plant_raw_track, raw_request_head, running_service
 from tests.conftest import SAMPLE_RATE, tune
 
 KEY = "test-key-123"
@@ -129,6 +131,29 @@ def test_bad_input_gets_a_clear_4xx_and_loses_nothing(service, tracks):
         assert add(client, b"not audio at all" * 100, track_id="keep", replace=True).status_code == 415
         assert client.get("/catalog/keep").json()["n_segments"] == 4
         assert client.get("/readyz").json()["tracks"] == 1
+
+
+def test_text_that_is_not_unicode_is_refused_and_one_already_stored_breaks_no_read(service, tracks):
+    with httpx.Client(base_url=service.url, timeout=60) as client:
+        # JSON escapes of lone surrogates: a value, a key, deep inside
+        for metadata in ('{"a": "\\ud800"}', '{"\\udfff": 1}', '{"a": ["x", {"b": "\\udc00 y"}]}'):
+            response = add(client, tracks["tune-0"], track_id="bad", metadata=metadata)
+            assert response.status_code == 422, response.text
+            assert "lone surrogate" in response.json()["detail"] and "UTF-8" in response.json()["detail"]
+        assert client.get("/catalog/bad").status_code == 404 and client.get("/catalog").json()["total"] == 0
+        assert add(client, tracks["tune-0"], track_id="good").status_code == 201
+
+        # one stored before such text was refused, as it was stored then
+        with open_store(Path(service.env["COVERID_DATA_DIR"]), service.env.get("COVERID_REDIS_URL")) as store:
+            plant_raw_track(store, "planted", title="T\ud800", metadata_text='{"a":"\\ud800","\\udfff":1}')
+        listing = client.get("/catalog")
+        assert listing.status_code == 200, listing.text
+        assert sorted(item["track_id"] for item in listing.json()["items"]) == ["good", "planted"]
+        planted = client.get("/catalog/planted")
+        assert planted.status_code == 200, planted.text
+        assert planted.json()["metadata"] == {"a": "\ufffd", "\ufffd": 1}
+        assert planted.json()["title"].startswith("T\ufffd")
+        assert client.delete("/catalog/planted", headers=AUTH).status_code == 204
 
 
 def test_bulk_upload_skips_bad_files(service, tracks):

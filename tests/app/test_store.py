@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import shutil
 import signal
 import sqlite3
@@ -29,7 +31,7 @@ from app.store import (
 )
 from app.store.base import MAX_METADATA_DEPTH, MAX_PAGE_END
 from app.store.redis import redact_url
-from tests.app.conftest import RedisServer, free_port
+from tests.app.conftest import RedisServer, free_port, plant_raw_track
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -403,6 +405,67 @@ def test_invalid_record_is_refused_before_any_write(store, fields):
             store.put(record, replace=replace)
     assert store.get(record.track_id) is None
     assert (store.count(), store.vector_count(), store.model_ids()) == (1, 2, {"m1"})
+
+
+# a lone surrogate is what json.loads makes of the escape "\\ud800": Python holds it, but no UTF-8 writer can
+UNENCODABLE = {
+    "title": dict(title="Bad \ud800 title"),
+    "artist": dict(artist="\udfff"),
+    "metadata value": dict(metadata={"a": "\ud800"}),
+    "metadata key": dict(metadata={"\udc00": 1}),
+    "nested metadata": dict(metadata={"tags": ["ok", {"b": "x\udbff"}]}),
+}
+
+
+@pytest.mark.parametrize("fields", UNENCODABLE.values(), ids=UNENCODABLE.keys())
+def test_text_that_is_not_unicode_is_refused_before_any_write(store, fields):
+    record = with_fields(make_record("bad"), **fields)
+    for replace in (False, True):
+        with pytest.raises(ValueError, match=r"lone surrogate \\ud[89a-f][0-9a-f]{2}.*UTF-8"):
+            store.put(record, replace=replace)
+    assert store.get("bad") is None and (store.count(), store.vector_count(), store.generation()) == (0, 0, 0)
+
+
+def utf8_encodable(record: TrackRecord) -> bool:
+    """What an HTTP answer needs of a record's text."""
+    try:
+        json.dumps([record.track_id, record.title, record.artist, record.metadata], ensure_ascii=False).encode()
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def test_a_stored_track_with_lone_surrogates_is_read_repaired_and_logged(store, caplog):
+    store.put(make_record("before", created_at=100.0))
+    store.put(make_record("after", created_at=2000.0))
+    # as the service stored it before such text was refused: JSON escapes of lone surrogates
+    plant_raw_track(store, "bad", title="Bad \ud800 title", metadata_text='{"a":"\\ud800","\\udfffk":["x\\udc00"]}',
+                    created_at=1000.0)
+    with caplog.at_level(logging.WARNING, logger="coverid.store"):
+        listed = store.list(0, 10)
+        assert [r.track_id for r in listed] == ["before", "bad", "after"]
+        readings = [listed[1], store.get("bad"), store.get("bad", with_vectors=True),
+                    *[r for r in store.iter_records(batch_size=2) if r.track_id == "bad"]]
+    assert len(readings) == 4
+    for record in readings:
+        assert utf8_encodable(record)
+        assert record.metadata == {"a": "\ufffd", "\ufffdk": ["x\ufffd"]}
+        assert record.title.startswith("Bad \ufffd") and record.title.endswith(" title")
+        assert record.n_segments == 2
+    assert "'bad'" in caplog.text and "replace=true" in caplog.text
+    assert store.delete("bad") and store.count() == 2
+
+
+def test_a_track_that_cannot_be_decoded_is_left_out_of_reads_and_logged(store, caplog):
+    store.put(make_record("before", created_at=100.0))
+    store.put(make_record("after", created_at=2000.0))
+    plant_raw_track(store, "torn", title="Torn", metadata_text='{"a": [1, ', created_at=1000.0)
+    with caplog.at_level(logging.ERROR, logger="coverid.store"):
+        assert [r.track_id for r in store.list(0, 10)] == ["before", "after"]
+        assert store.get("torn") is None and store.get("torn", with_vectors=True) is None
+        assert sorted(r.track_id for r in store.iter_records()) == ["after", "before"]
+    assert "'torn'" in caplog.text and "cannot be read" in caplog.text
+    assert store.delete("torn") and store.count() == 2
 
 
 def test_page_past_64_bit_bounds_is_refused_and_the_last_allowed_one_is_empty(store):

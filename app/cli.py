@@ -42,14 +42,51 @@ def _cmd_export(args: argparse.Namespace) -> int:
             model_version=args.version or f"step{state['step']}",
             training_data=args.training_data or f"{corpus['works']} works, {corpus['versions']} rendered versions",
         )
+    elif args.head == "2dftm":
+        network, config = _fitted_2dftm(args)
     else:
         torch.manual_seed(args.seed)
-        config = ExtractorConfig(width=args.width, time_pool=args.time_pool, model_version="untrained")
+        config = ExtractorConfig(width=args.width, time_pool=args.time_pool or ExtractorConfig.time_pool,
+                                 model_version="untrained")
         network = ResNetIBN.from_config(config).eval()
     args.output.parent.mkdir(parents=True, exist_ok=True)
     stored = export_extractor(network, config, args.output)
     print(f"wrote {args.output} (model_id {stored.model_id}, width {stored.width}, time_pool {stored.time_pool})")
     return 0
+
+
+FOURIER_TIME_POOL = 9  # 2DFTM frame rate: 22050 / 512 / 9 = 4.8 frames/s
+
+
+def _fitted_2dftm(args: argparse.Namespace):
+    """The local 2DFTM head on note features, its projection fitted on the real recordings under --fit-audio."""
+    from models.distil import audio_files
+    from models.fit_fourier import fit_head
+    from models.fourier import Local2DFTM, fourier_dim
+    from models.frontend import FrontEnd
+    from models.recording_list import cached_features, feature_key
+
+    features = args.features or "student"
+    config = ExtractorConfig(features=features, pitch_student_id=_student_id_for(features), head="2dftm",
+                             time_pool=args.time_pool or FOURIER_TIME_POOL, log_gain=0.0, patch_frames=args.patch_frames,
+                             fourier_power=args.power,
+                             embedding_dim=args.embedding_dim if args.fit_audio else fourier_dim(args.patch_frames))
+    head = Local2DFTM.from_config(config)
+    summary = "no projection"
+    if args.fit_audio:
+        frontend = FrontEnd(config).eval()
+        files = audio_files(args.fit_audio)
+        skipped: list[str] = []
+        arrays = cached_features(files, frontend.spectrogram, config.sample_rate, args.fit_cache, feature_key(config),
+                                 _progress_line(f"{features} features of the fit audio", with_failures=False), skipped)
+        for error in skipped:
+            print(f"skipped: {error}", file=sys.stderr)
+        fitted = fit_head(frontend, head, [torch.from_numpy(a) for a in arrays], args.whiten, args.seed)
+        summary = (f"PCA to {config.embedding_dim} (whiten {args.whiten:g}) fitted on {fitted['vectors']} local vectors of "
+                   f"{fitted['recordings']} recordings under {', '.join(str(p) for p in args.fit_audio)}")
+    config = config.replace(model_version=args.version or f"2dftm-p{config.patch_frames}-d{config.embedding_dim}",
+                            training_data=args.training_data or summary)
+    return head.eval(), config
 
 
 def _student_id_for(features: str) -> str:
@@ -359,11 +396,25 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--version", help="model_version recorded in the artifact")
     export.add_argument("--training-data", help="training data summary recorded in the artifact")
     export.add_argument("--width", type=int, default=ExtractorConfig.width, help="base width; 64 gives C = 2048")
-    export.add_argument("--time-pool", type=int, default=ExtractorConfig.time_pool)
+    export.add_argument("--time-pool", type=int, help=f"default {ExtractorConfig.time_pool}; with --head 2dftm "
+                        f"{FOURIER_TIME_POOL} (about 4.8 frames/s)")
     export.add_argument("--seed", type=int, default=0)
     export.add_argument("--if-missing", action="store_true", help="keep an existing file")
     export.add_argument("--features", choices=["pitch", "student"],
-                        help="serve a network trained on pitch features with the pitch student's (or back)")
+                        help="serve a network trained on pitch features with the pitch student's (or back); "
+                        "with --head 2dftm, the note features it reads (default: student)")
+    export.add_argument("--head", choices=["resnet", "2dftm"], default="resnet",
+                        help="2dftm: local 2D Fourier magnitudes of pitch classes (no training; see models/fourier.py)")
+    export.add_argument("--fit-audio", type=Path, action="append", default=[],
+                        help="with --head 2dftm: folder of real recordings (never the validation covers) to fit "
+                        "the PCA projection on, repeatable; none: no projection")
+    export.add_argument("--fit-cache", type=Path, default=Path("cache/fit"), help="where their features are cached")
+    export.add_argument("--whiten", type=float, default=0.5, help="with --head 2dftm: PCA axes scaled by eigenvalue ** -WHITEN")
+    export.add_argument("--embedding-dim", type=int, default=128, help="with --head 2dftm: dimensions kept by the PCA")
+    export.add_argument("--patch-frames", type=int, default=ExtractorConfig.patch_frames,
+                        help="with --head 2dftm: 2D Fourier patch length in pooled frames")
+    export.add_argument("--power", type=float, default=ExtractorConfig.fourier_power,
+                        help="with --head 2dftm: power on the max-scaled pitch classes")
     export.set_defaults(run=_cmd_export)
 
     embed = commands.add_parser("embed", help="print the local embeddings' shape and chunk times of an audio file")

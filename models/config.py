@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 FORMAT_VERSION = 1  # bump when the meaning of a field changes
 # network input kinds: the CQT (84 bins), or 88 notes (MIDI 21..108) from basic-pitch or the pitch student
 FEATURES = ("cqt", "pitch", "student")
+# what turns a chunk into its local embedding: the ResNet-IBN (learnt, ByteCover3) or the 2D Fourier magnitude
+# of its pitch classes (no learning beyond a fitted projection; models/fourier.py)
+HEADS = ("resnet", "2dftm")
 FRONT_END_FIELDS = ("features", "sample_rate", "cqt_bins", "cqt_bins_per_octave", "cqt_fmin", "cqt_hop", "cqt_window")
 
 
@@ -44,8 +47,15 @@ class ExtractorConfig:
     # average-pooling factor along time after the CQT; the paper says 100,
     # ByteCover/CQTNet use 20. Chosen by validation (see the model card).
     time_pool: int = 20
-    # per-chunk normalisation: divide by the chunk's max, then log1p(gain * x) / log1p(gain)
+    # per-chunk normalisation: divide by the chunk's max, then log1p(gain * x) / log1p(gain); 0: no compression
     log_gain: float = 100.0
+    # the embedding head; with "2dftm": patch length in (pooled) frames and the power on max-scaled pitch classes
+    head: str = "resnet"
+    patch_frames: int = 48
+    fourier_power: float = 1.96
+    # stage 3: the pitch-class sequence stored with each track and aligned with a query's, pooled by this
+    # factor along time (18: 2.4 frames/s) and kept as uint8
+    sequence_pool: int = 18
     # network: ResNet50-IBN, base width 64 gives C = 2048 channels (the paper)
     width: int = 64
     embedding_dim: int = 512
@@ -73,6 +83,17 @@ class ExtractorConfig:
                             f"(features={self.features!r}, pitch_student_id={self.pitch_student_id!r})")
         if self.fold_octaves and self.features == "cqt":
             problems.append("fold_octaves needs note features ('pitch' or 'student'), not 'cqt'")
+        if self.head not in HEADS:
+            problems.append(f"head={self.head!r} must be one of {list(HEADS)}")
+        if self.head == "2dftm" and (self.features == "cqt" or self.fold_octaves):
+            problems.append("head '2dftm' reads the 88 notes of 'pitch' or 'student' features, unfolded "
+                            f"(features={self.features!r}, fold_octaves={self.fold_octaves})")
+        if self.sequence_pool < 1:
+            problems.append(f"sequence_pool={self.sequence_pool} must be >= 1")
+        if self.patch_frames < 2:
+            problems.append(f"patch_frames={self.patch_frames} must be >= 2")
+        if self.log_gain < 0:
+            problems.append(f"log_gain={self.log_gain} must be >= 0")
         if self.time_pool < 1:
             problems.append(f"time_pool={self.time_pool} must be >= 1")
         if self.width < 4 or self.width % 2:
@@ -103,6 +124,11 @@ class ExtractorConfig:
         if self.features == "student":
             settings["pitch_student_id"] = self.pitch_student_id
         return settings
+
+    @property
+    def sequence_frame_seconds(self) -> float:
+        """Seconds between two frames of the stored pitch-class sequence."""
+        return self.frame_seconds * self.sequence_pool
 
     @property
     def hop_frames(self) -> float:

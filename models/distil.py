@@ -26,7 +26,7 @@ from torch import Tensor
 from models.config import ExtractorConfig
 from models.frontend import FrontEnd
 from models.pitch_student import PitchStudent, save_student
-from models.recording_list import ListedRecording, RecordingListError, cached_features, feature_key
+from models.recording_list import ListedRecording, cached_features, feature_key
 
 AUDIO_SUFFIXES = (".ogg", ".opus", ".mp3", ".flac", ".wav")
 CQT_BINS = ExtractorConfig().cqt_bins
@@ -70,17 +70,7 @@ def pairs(files: list[ListedRecording], cache: Path, progress=None, skipped: Opt
     ships one truncated Ogg) is left out and its error appended to `skipped`."""
     config = ExtractorConfig()
     key = f"distil-pairs-{feature_key(config.replace(features='pitch'))}"  # CQT settings + basic-pitch
-    features = pair_features(config)
-    arrays = []
-    for done, rec in enumerate(files, start=1):
-        try:
-            arrays += cached_features([rec], features, config.sample_rate, cache, key)
-        except RecordingListError as err:
-            if skipped is not None:
-                skipped.append(str(err))
-        if progress:
-            progress(done, len(files))
-    return arrays
+    return cached_features(files, pair_features(config), config.sample_rate, cache, key, progress, skipped)
 
 
 def _batch(arrays: list[np.ndarray], rng: np.random.Generator, size: int, frames: int, stride: int):

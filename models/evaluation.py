@@ -19,6 +19,7 @@ one did not reach, which all score 0.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import zlib
@@ -33,6 +34,8 @@ from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score
 from torch import Tensor
 
+from index.alignment import AlignmentSettings, align
+from index.fusion import FusionSettings, fuse, stage3_order
 from models.config import ExtractorConfig
 from models.frontend import shift_bins
 
@@ -43,6 +46,16 @@ METHODS = ("two_stage", "exhaustive")
 RECALL_AT = 10  # two-stage top 10 against the exhaustive top 10
 
 Embed = Callable[[Tensor], Tensor]  # (bins, frames) raw CQT -> (N, D) local embeddings
+Sequence3 = Callable[[Tensor], Tensor]  # (bins, frames) -> (12, T) pitch-class sequence for stage 3
+
+
+@dataclass(frozen=True)
+class Stage3:
+    """Alignment of the stage-2 top N, fused with MaxMean (index/alignment.py, index/fusion.py), as the service runs it."""
+
+    sequence: Sequence3
+    fusion: FusionSettings = FusionSettings()
+    alignment: AlignmentSettings = AlignmentSettings()
 
 
 @dataclass(frozen=True, eq=False)
@@ -191,8 +204,25 @@ def _embed(embed: Embed, spectrogram: Tensor) -> np.ndarray:
 
 def _summary(aps: list[float], ranks: list[int]) -> dict:
     if not aps:
-        return {"mAP": None, "MR1": None, "queries": 0}
-    return {"mAP": float(np.mean(aps)), "MR1": float(np.mean(ranks)), "queries": len(aps)}
+        return {"mAP": None, "MR1": None, "top1": None, "queries": 0}
+    return {"mAP": float(np.mean(aps)), "MR1": float(np.mean(ranks)), "top1": float(np.mean(np.array(ranks) == 1)),
+            "queries": len(aps)}
+
+
+def _stage3_scores(matches: Sequence[Match], source: str, query_sequence: Tensor, sequences: dict[str, Tensor],
+                   query_seconds: float, stage3: Stage3) -> tuple[list[str], np.ndarray]:
+    """Stage 2's ranking (the source left out) with its top N re-scored: (ids, scores), every aligned candidate
+    above every other (3 + fused score, fused in [-1, 1])."""
+    ranked = [m for m in matches if m.track_id != source]
+    top = ranked[: stage3.fusion.top_n]
+    ids = [m.track_id for m in ranked]
+    scores = np.array([m.score for m in ranked], dtype=np.float64)
+    if top:
+        result = align(query_sequence, [sequences[m.track_id] for m in top], stage3.alignment)
+        maxmean = torch.tensor([m.score for m in top])
+        fused = fuse(maxmean, result.scores, stage3.fusion.alignment_weight(query_seconds))
+        scores[: len(top)] = 3.0 + fused.double().numpy()
+    return ids, scores
 
 
 def evaluate(
@@ -206,6 +236,7 @@ def evaluate(
     lengths: Sequence[float] = QUERY_SECONDS,
     query_shift: int = 0,
     clips_per_length: int = 1,
+    stage3: Optional[Stage3] = None,
 ) -> dict:
     """Run the protocol with `embed` ((bins, frames) -> (N, D); a global model returns N = 1).
 
@@ -219,6 +250,10 @@ def evaluate(
     Length keys are "full", "6", "10", ... (all present; a length without queries has mAP/MR1 None).
     Queries whose work has no other recording in the database have no relevant item and are left out
     (counted in protocol["without_relevant"]).
+
+    With `stage3`, "three_stage" holds the same figures after stage 3 (the stage-2 top N aligned and re-scored),
+    and "relevant_in_top_n": the share of queries with a relevant recording in the stage-2 top N (what stage 3
+    can reach at most).
     """
     ids = [rec.recording_id for rec in recordings]
     if len(set(ids)) != len(ids):
@@ -237,7 +272,12 @@ def evaluate(
     # numpy over the database, so a query costs O(database) in C, not in Python (SHS100K-TEST: 10k tracks)
     positions = {rec_id: i for i, rec_id in enumerate(ids)}
     works = np.array([rec.work_id for rec in recordings])
-    methods = METHODS if exhaustive else METHODS[:1]
+    methods = list(METHODS if exhaustive else METHODS[:1])
+    frame_seconds = ExtractorConfig().frame_seconds if frame_seconds is None else frame_seconds
+    if stage3 is not None:
+        methods.append("three_stage")
+        sequences = {rec.recording_id: stage3.sequence(rec.spectrogram) for rec in recordings}
+    reachable: dict[str, list[float]] = defaultdict(list)
     aps = {m: defaultdict(list) for m in methods}
     ranks = {m: defaultdict(list) for m in methods}
     overlap: dict[str, list[float]] = defaultdict(list)
@@ -252,16 +292,26 @@ def evaluate(
             vectors = full[query.recording_id]
         else:
             vectors = _embed(embed, shift_bins(query.spectrogram, query_shift))
-        top: dict[str, list[str]] = {}
+        found = {"two_stage": index.search(vectors, top_k=len(ids), k_neighbours=k_neighbours)}
+        if exhaustive:
+            found["exhaustive"] = index.search_exhaustive(vectors, top_k=len(ids))
+        all_scores = {method: scores_for(matches, positions) for method, matches in found.items()}
+        if stage3 is not None:
+            query_sequence = sequences[query.recording_id] if query.length == FULL and not query_shift else \
+                stage3.sequence(shift_bins(query.spectrogram, query_shift))
+            seconds = query.spectrogram.shape[-1] * frame_seconds
+            aligned_ids, aligned = _stage3_scores(found["two_stage"], query.recording_id, query_sequence, sequences,
+                                                  seconds, stage3)
+            all_scores["three_stage"] = np.zeros(len(ids))
+            all_scores["three_stage"][[positions[i] for i in aligned_ids]] = aligned
+            in_top = aligned_ids[: stage3.fusion.top_n]
+            reachable[query.length].append(float(any(works[positions[i]] == query.work_id for i in in_top)))
         for method in methods:
-            if method == "two_stage":
-                matches = index.search(vectors, top_k=len(ids), k_neighbours=k_neighbours)
-            else:
-                matches = index.search_exhaustive(vectors, top_k=len(ids))
-            scores = scores_for(matches, positions)[keep]
+            scores = all_scores[method][keep]
             aps[method][query.length].append(average_precision(scores, relevant))
             ranks[method][query.length].append(rank_of_first_relevant(scores, relevant))
-            top[method] = [m.track_id for m in matches if m.track_id != query.recording_id][:RECALL_AT]
+        top = {method: [m.track_id for m in matches if m.track_id != query.recording_id][:RECALL_AT]
+               for method, matches in found.items()}
         if exhaustive:  # how much of the all-pairs top 10 the first stage lets through (the service's recall target)
             overlap[query.length].append(len(set(top["two_stage"]) & set(top["exhaustive"])) / max(1, len(top["exhaustive"])))
 
@@ -270,6 +320,9 @@ def evaluate(
     if exhaustive:
         for key in keys:
             results["two_stage"][key][f"recall_at_{RECALL_AT}"] = float(np.mean(overlap[key])) if overlap[key] else None
+    if stage3 is not None:
+        for key in keys:
+            results["three_stage"][key]["relevant_in_top_n"] = float(np.mean(reachable[key])) if reachable[key] else None
     results["protocol"] = {
         "seed": seed,
         "k_neighbours": k_neighbours,
@@ -279,6 +332,7 @@ def evaluate(
         "without_relevant": without_relevant,
         "query_shift": query_shift,
         "clips_per_length": clips_per_length,
+        "stage3": None if stage3 is None else {**dataclasses.asdict(stage3.fusion), **dataclasses.asdict(stage3.alignment)},
     }
     return results
 

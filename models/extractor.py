@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from models.audio import AudioSource, decode_audio
 from models.config import FORMAT_VERSION, ExtractorConfig, config_mismatches
+from models.fourier import Local2DFTM
 from models.frontend import FrontEnd
 from models.network import ResNetIBN
 
@@ -30,13 +31,18 @@ class ArtifactError(ValueError):
     """An extractor file that cannot be used as asked."""
 
 
+def embedding_head(config: ExtractorConfig) -> nn.Module:
+    """The module `config.head` names, freshly initialised: (N, 1, bins, T) chunks -> (N, D) unit vectors."""
+    return Local2DFTM.from_config(config) if config.head == "2dftm" else ResNetIBN.from_config(config)
+
+
 class Extractor(nn.Module):
     """(samples,) waveform at `sample_rate` -> (N, D) local embeddings and (N,) chunk start seconds."""
 
-    def __init__(self, config: ExtractorConfig, network: Optional[ResNetIBN] = None):
+    def __init__(self, config: ExtractorConfig, network: Optional[nn.Module] = None):
         super().__init__()
         self.frontend = FrontEnd(config)
-        self.network = network if network is not None else ResNetIBN.from_config(config)
+        self.network = network if network is not None else embedding_head(config)
         self.max_batch_chunks = config.max_batch_chunks
         # recorded in the scripted module so a loader can cross-check config.json
         self.sample_rate = config.sample_rate
@@ -65,12 +71,19 @@ def weights_digest(module: nn.Module) -> str:
     return digest.hexdigest()[:12]
 
 
-def export_extractor(network: ResNetIBN, config: ExtractorConfig, path: str | os.PathLike) -> ExtractorConfig:
-    """Script network + front end into one file; returns the config as stored (with its model_id)."""
-    if network.reduction.out_features != config.embedding_dim or network.channels != config.channels:
+def export_extractor(network: nn.Module, config: ExtractorConfig, path: str | os.PathLike) -> ExtractorConfig:
+    """Script network (the embedding head) + front end into one file; returns the config as stored (with its model_id)."""
+    if isinstance(network, ResNetIBN) and (network.reduction.out_features != config.embedding_dim
+                                           or network.channels != config.channels):
         raise ArtifactError(
             f"network (C={network.channels}, D={network.reduction.out_features}) does not match config "
             f"(C={config.channels}, D={config.embedding_dim})"
+        )
+    if isinstance(network, Local2DFTM) and (network.projection.shape[1] != config.embedding_dim
+                                            or network.patch_frames != config.patch_frames):
+        raise ArtifactError(
+            f"2DFTM head (patch {network.patch_frames}, D={network.projection.shape[1]}) does not match config "
+            f"(patch {config.patch_frames}, D={config.embedding_dim})"
         )
     config = config.replace(model_id=f"{config.model_version}-{weights_digest(network)}")
     module = Extractor(config, network).cpu().eval()

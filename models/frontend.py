@@ -82,8 +82,11 @@ def pool_time(chunks: Tensor, factor: int) -> Tensor:
 
 
 def normalise(chunks: Tensor, log_gain: float) -> Tensor:
-    """Per chunk: divide by the chunk's max, then log-compress to [0, 1]. (N, bins, T) -> same."""
+    """Per chunk: divide by the chunk's max, then log-compress to [0, 1] (log_gain 0: no compression).
+    (N, bins, T) -> same."""
     peak = chunks.amax(dim=(1, 2), keepdim=True).clamp_min(1e-8)
+    if log_gain == 0.0:
+        return chunks / peak
     return torch.log1p(log_gain * chunks / peak) / torch.log1p(torch.tensor(log_gain))
 
 
@@ -134,10 +137,19 @@ def features_module(config: ExtractorConfig) -> nn.Module:
     return cqt
 
 
+def pitch_classes(features: Tensor, notes: bool) -> Tensor:
+    """(88 notes or 84 CQT bins, frames) -> (12, frames) summed over octaves, row 0 is C."""
+    if notes:
+        return fold_notes(features.unsqueeze(0))[0]
+    return features.reshape(-1, 12, features.shape[-1]).sum(dim=0)
+
+
 class FrontEnd(nn.Module):
     def __init__(self, config: ExtractorConfig):
         super().__init__()
         self.features = features_module(config)
+        self.note_features = config.features != "cqt"
+        self.sequence_pool = config.sequence_pool
         self.chunk_frames = config.frames_per_chunk
         self.hop_frames = config.hop_frames
         self.frame_seconds = config.frame_seconds
@@ -153,6 +165,14 @@ class FrontEnd(nn.Module):
     def spectrogram(self, waveform: Tensor) -> Tensor:
         """(samples,) -> (bins, frames) CQT magnitude (or note posteriors) of the whole track."""
         return self.features(waveform)
+
+    @torch.jit.export
+    def pitch_sequence(self, spectrogram: Tensor) -> Tensor:
+        """(bins, frames) -> (12, frames // sequence_pool) uint8 pitch classes for stage 3, each frame scaled to
+        max 255 (a silent frame stays 0); at least one frame."""
+        classes = pool_time(pitch_classes(spectrogram.float(), self.note_features).unsqueeze(0), self.sequence_pool)[0]
+        peak = classes.amax(dim=0, keepdim=True).clamp_min(1e-8)
+        return (255.0 * classes / peak).round().to(torch.uint8)
 
     @torch.jit.export
     def chunk(self, spectrogram: Tensor) -> Tuple[Tensor, Tensor]:

@@ -87,26 +87,39 @@ def cached_features(
     cache: str | os.PathLike,
     feature_key: str,
     progress: Optional[Callable[[int, int], None]] = None,
+    skipped: Optional[list] = None,
 ) -> list[np.ndarray]:
-    """Features (bins, frames) float16 of every listed recording, computed once and cached."""
+    """Features (bins, frames) float16 of every listed recording, computed once and cached.
+
+    A recording that cannot be decoded stops the run, unless `skipped` is given: then it is left out and its
+    error appended there (a game package ships a truncated Ogg)."""
     folder = Path(cache) / feature_key
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for done, rec in enumerate(listed, start=1):
-        target = folder / f"{rec.performance_id}-{_source_tag(rec.path)}.npy"
-        if not target.exists():
-            if not rec.path.is_file():
-                raise RecordingListError(f"{rec.path} ({rec.performance_id}) does not exist and has no cached features")
-            try:
-                waveform = decode_audio(rec.path, sample_rate)
-            except AudioError as err:
-                raise RecordingListError(f"{rec.path} ({rec.performance_id}): {err}") from err
-            with torch.inference_mode():
-                spec = features(waveform).float().cpu().numpy().astype(np.float16)
-            partial = target.with_suffix(".partial.npy")
-            np.save(partial, spec)
-            partial.replace(target)  # atomic: an interrupted run never leaves a truncated cache entry
-        out.append(np.load(target))
+        try:
+            out.append(_cached(rec, folder / f"{rec.performance_id}-{_source_tag(rec.path)}.npy", features, sample_rate))
+        except RecordingListError as err:
+            if skipped is None:
+                raise
+            skipped.append(str(err))
         if progress:
             progress(done, len(listed))
     return out
+
+
+def _cached(rec: ListedRecording, target: Path, features: Features, sample_rate: int) -> np.ndarray:
+    if not target.exists():
+        if not rec.path.is_file():
+            raise RecordingListError(f"{rec.path} ({rec.performance_id}) does not exist and has no cached features")
+        try:
+            waveform = decode_audio(rec.path, sample_rate)
+        except AudioError as err:
+            raise RecordingListError(f"{rec.path} ({rec.performance_id}): {err}") from err
+        with torch.inference_mode():
+            spec = features(waveform).float().cpu().numpy().astype(np.float16)
+        partial = target.with_suffix(".partial.npy")
+        np.save(partial, spec)
+        partial.replace(target)  # atomic: an interrupted run never leaves a truncated cache entry
+    return np.load(target)
+

@@ -1,9 +1,10 @@
 """What the catalogue store promises, whichever backend keeps it.
 
 A track is stored whole or not at all: its metadata, its local embeddings
-(one L2-normalised vector per 20 s chunk) and the chunk start times change
-together. The search index is not durable; it is rebuilt from the store at
-start-up through `iter_records`, so the store is the one source of truth.
+(one L2-normalised vector per 20 s chunk), the chunk start times and, for
+models with stage 3, its pitch-class sequence change together. The search
+index is not durable; it is rebuilt from the store at start-up through
+`iter_records`, so the store is the one source of truth.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ log = logging.getLogger("coverid.store")
 # reads the same on any machine.
 STORED_DTYPE = np.dtype("<f4")
 NORM_TOLERANCE = 1e-3
+# Stage 3's pitch-class sequence: (12, T) uint8, stored as its raw 12 * T bytes (T is their length / 12).
+PITCH_CLASSES = 12
+MAX_SEQUENCE_FRAMES = 1_000_000  # days of audio at a few frames per second; bounds one track's 12 MB
 # Catalogue metadata is a flat record in practice; the limit sits far below the depth at which
 # pydantic refuses to serialise a response (about 250), so a stored track can always be read back.
 MAX_METADATA_DEPTH = 32
@@ -64,6 +68,8 @@ class TrackRecord:
     created_at: float  # unix seconds
     vectors: Optional[np.ndarray] = None  # (N, D) float32, L2-normalised; None when read without vectors
     starts_s: Optional[np.ndarray] = None  # (N,) float32 chunk start times
+    # (12, T) uint8 pitch classes for stage 3; None for models without it, and when read without vectors
+    sequence: Optional[np.ndarray] = None
 
     @property
     def n_segments(self) -> int:
@@ -81,6 +87,7 @@ def validate_record(record: TrackRecord) -> None:
     """Raise ValueError naming the problem; stores call this before writing anything."""
     _validate_fields(record)
     _validate_vectors(record.vectors, record.starts_s)
+    _validate_sequence(record.sequence)
 
 
 def _validate_fields(record: TrackRecord) -> None:
@@ -132,6 +139,18 @@ def _validate_vectors(vectors: Optional[np.ndarray], starts: Optional[np.ndarray
     if not np.allclose(norms, 1.0, atol=NORM_TOLERANCE):
         worst = float(norms[np.argmax(np.abs(norms - 1.0))])
         raise ValueError(f"vectors must be L2-normalised (a row has norm {worst:.4f}); normalise each row first")
+
+
+def _validate_sequence(sequence: Optional[np.ndarray]) -> None:
+    if sequence is None:
+        return
+    if not isinstance(sequence, np.ndarray) or sequence.ndim != 2 or sequence.dtype != np.uint8 \
+            or sequence.shape[0] != PITCH_CLASSES:
+        raise ValueError(f"sequence must be a 2-D uint8 array ({PITCH_CLASSES}, T) of pitch classes, got "
+                         f"{_describe(sequence)}: quantise the pitch-class frames to uint8 and put the classes first")
+    if not 1 <= sequence.shape[1] <= MAX_SEQUENCE_FRAMES:
+        raise ValueError(f"sequence must have 1 to {MAX_SEQUENCE_FRAMES} frames, got {sequence.shape[1]}: "
+                         "store None for a track without one, or lower the frame rate")
 
 
 def _describe(array: Any) -> str:
@@ -214,6 +233,20 @@ def from_blob(blob: bytes, n: int, dim: Optional[int] = None) -> np.ndarray:
     return np.frombuffer(blob, dtype=STORED_DTYPE).astype(np.float32).reshape(shape)
 
 
+def sequence_to_blob(sequence: Optional[np.ndarray]) -> Optional[bytes]:
+    """The sequence's 12 * T bytes, row by row (tobytes() is C order whatever the array's layout); None stays None."""
+    return None if sequence is None else sequence.tobytes()
+
+
+def sequence_from_blob(blob: Optional[bytes]) -> Optional[np.ndarray]:
+    """A writable C-contiguous (12, T) uint8 array; None for a track stored without one."""
+    if blob is None:
+        return None
+    if not blob or len(blob) % PITCH_CLASSES:
+        raise StoreError(f"stored sequence has {len(blob)} bytes, not a positive multiple of {PITCH_CLASSES}")
+    return np.frombuffer(blob, dtype=np.uint8).reshape(PITCH_CLASSES, -1).copy()
+
+
 def check_page(offset: int, limit: int) -> None:
     if offset < 0 or limit < 0:
         raise ValueError(f"offset and limit must be >= 0, got offset={offset} limit={limit}")
@@ -253,7 +286,7 @@ class CatalogStore(abc.ABC):
     @abc.abstractmethod
     def get(self, track_id: str, with_vectors: bool = False) -> Optional[TrackRecord]:
         """The track, or None (also for one that cannot be read, see `readable_record`). Without vectors,
-        `vectors` is None (starts_s is still read: it is small)."""
+        `vectors` and `sequence` are None (starts_s is still read: it is small)."""
 
     @abc.abstractmethod
     def delete(self, track_id: str) -> bool:
@@ -273,7 +306,7 @@ class CatalogStore(abc.ABC):
 
     @abc.abstractmethod
     def iter_records(self, batch_size: int = 512) -> Iterator[TrackRecord]:
-        """Every track once, with vectors, reading batch_size tracks at a time; order unspecified."""
+        """Every track once, with vectors and sequence, reading batch_size tracks at a time; order unspecified."""
 
     @abc.abstractmethod
     def model_ids(self) -> set[str]:

@@ -1,7 +1,8 @@
 """The catalogue in Redis.
 
 Keys, all under one prefix:
-  {prefix}:track:{id}  hash: meta (JSON), model, n, dim, starts and vectors (little-endian float32 bytes), write_id
+  {prefix}:track:{id}  hash: meta (JSON), model, n, dim, starts and vectors (little-endian float32 bytes), write_id,
+                       and sequence (12 * T uint8 bytes) for models with stage 3
   {prefix}:tracks      sorted set of track ids scored by created_at (pagination, count)
   {prefix}:models      hash model_id -> number of tracks embedded with it (model_ids)
   {prefix}:vectors     integer: vectors of all tracks (vector_count)
@@ -42,17 +43,23 @@ from app.store.base import (
     check_page,
     from_blob,
     readable_record,
+    sequence_from_blob,
+    sequence_to_blob,
     to_blob,
     validate_record,
 )
 
+# Still 1 with the sequence field: a record without it reads as None, and an older coverid, which reads
+# the fields it names, ignores it; a bump would only make older replicas refuse a prefix they read well.
 SCHEMA_VERSION = 1
 CONNECT_TIMEOUT_S = 2.0
 SOCKET_TIMEOUT_S = 30.0  # default; it bounds each socket read, so a reply of tens of MB streams through
 META_FIELDS = (b"meta", b"model", b"n", b"dim", b"starts")
+BLOB_FIELDS = (b"vectors", b"sequence")  # read only with vectors, in this order after META_FIELDS
 
 # KEYS: track hash, tracks zset, models hash, vector counter, generation, change stream
-# ARGV: track_id, replace (0/1), created_at, model_id, n, dim, meta, starts, vectors, write_id, log length
+# ARGV: track_id, replace (0/1), created_at, model_id, n, dim, meta, starts, vectors, write_id, log length,
+#       sequence ('' for none: a stored one is never empty)
 # the next generation, decided before a script's first write (Redis does not roll back a script that
 # fails half-way): past both the counter and the stream's last entry, so a lost counter cannot make XADD fail
 NEXT_GENERATION = """
@@ -87,6 +94,7 @@ if old[1] then
 end
 redis.call('HSET', KEYS[1], 'meta', ARGV[7], 'model', ARGV[4], 'n', ARGV[5], 'dim', ARGV[6],
            'starts', ARGV[8], 'vectors', ARGV[9], 'write_id', ARGV[10])
+if ARGV[12] ~= '' then redis.call('HSET', KEYS[1], 'sequence', ARGV[12]) end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('INCRBY', KEYS[4], ARGV[5])
 redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
@@ -195,6 +203,7 @@ class RedisStore(CatalogStore):
         args = [
             record.track_id, "1" if replace else "0", repr(float(record.created_at)), record.model_id, n, dim,
             meta, to_blob(record.starts_s), to_blob(record.vectors), uuid.uuid4().hex, CHANGE_LOG_LENGTH,
+            sequence_to_blob(record.sequence) or b"",
         ]
         with self._translate():
             stored = self._put(keys=self._keys(record.track_id), args=args)
@@ -208,7 +217,7 @@ class RedisStore(CatalogStore):
     # -- reads
 
     def get(self, track_id: str, with_vectors: bool = False) -> Optional[TrackRecord]:
-        fields = META_FIELDS + (b"vectors",) if with_vectors else META_FIELDS
+        fields = META_FIELDS + BLOB_FIELDS if with_vectors else META_FIELDS
         with self._translate():
             values = self._client.hmget(self._track_key(track_id), fields)
         return _from_fields(track_id, values)
@@ -223,7 +232,7 @@ class RedisStore(CatalogStore):
 
     def _fetch(self, ids: list[str], with_vectors: bool) -> list[TrackRecord]:
         """The tracks in one round trip; one deleted since its id was read, or unreadable (logged), is left out."""
-        fields = META_FIELDS + (b"vectors",) if with_vectors else META_FIELDS
+        fields = META_FIELDS + BLOB_FIELDS if with_vectors else META_FIELDS
         pipe = self._client.pipeline(transaction=False)
         for track_id in ids:
             pipe.hmget(self._track_key(track_id), fields)
@@ -312,4 +321,5 @@ def _decode_fields(track_id: str, values: list[Optional[bytes]]) -> TrackRecord:
         duration_s=meta["duration_s"], model_id=_text(model), created_at=meta["created_at"],
         vectors=from_blob(values[5], n, dim) if len(values) > 5 else None,
         starts_s=from_blob(starts, n),
+        sequence=sequence_from_blob(values[6]) if len(values) > 6 else None,
     )

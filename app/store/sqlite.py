@@ -39,12 +39,14 @@ from app.store.base import (
     from_blob,
     metadata_json,
     readable_record,
+    sequence_from_blob,
+    sequence_to_blob,
     to_blob,
     validate_record,
 )
 
 FILENAME = "catalog.sqlite3"
-SCHEMA_VERSION = 2  # 2: the change log
+SCHEMA_VERSION = 3  # 2: the change log; 3: stage 3's pitch-class sequence
 BUSY_TIMEOUT_S = 30.0  # default wait for another writer's lock
 
 SCHEMA = """
@@ -59,7 +61,10 @@ CREATE TABLE tracks (
     dim        INTEGER NOT NULL,
     n_segments INTEGER NOT NULL,
     starts     BLOB NOT NULL,  -- (n_segments,) little-endian float32
-    vectors    BLOB NOT NULL   -- (n_segments, dim) little-endian float32; last, so rows read without it stop short
+    -- the large blobs last, so rows read without them stop short of their overflow pages
+    -- no comma in the next comment: SQLite's DROP COLUMN sequence (as the upgrade test does) would cut there
+    vectors    BLOB NOT NULL,  -- n_segments rows of dim little-endian float32
+    sequence   BLOB            -- (12, T) uint8 pitch classes, 12 * T bytes; NULL for models without stage 3
 );
 CREATE INDEX tracks_by_time ON tracks (created_at, track_id);
 
@@ -98,9 +103,13 @@ SCHEMA = CHANGE_LOG + SCHEMA
 # a version-1 file gains the log and triggers that write to it
 UPGRADE_1_TO_2 = CHANGE_LOG + "DROP TRIGGER tracks_insert;\nDROP TRIGGER tracks_delete;\n" + SCHEMA[SCHEMA.index(
     "CREATE TRIGGER tracks_insert"):SCHEMA.index("-- rows are never updated")]
+# a version-2 file gains the sequence column, added last as in SCHEMA; its tracks have none (NULL)
+UPGRADE_2_TO_3 = "ALTER TABLE tracks ADD COLUMN sequence BLOB;"
+UPGRADES = {1: UPGRADE_1_TO_2, 2: UPGRADE_2_TO_3}  # version -> the script that takes a file to the next one
 
 META_COLUMNS = "track_id, title, artist, metadata, duration_s, model_id, created_at, dim, n_segments, starts"
-INSERT = f"INSERT INTO tracks ({META_COLUMNS}, vectors) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+BLOB_COLUMNS = "vectors, sequence"  # read only with vectors, in this order after META_COLUMNS
+INSERT = f"INSERT INTO tracks ({META_COLUMNS}, {BLOB_COLUMNS}) VALUES ({', '.join('?' * 12)})"
 
 
 class SQLiteStore(CatalogStore):
@@ -204,7 +213,9 @@ class SQLiteStore(CatalogStore):
                     f"version {SCHEMA_VERSION}: upgrade coverid, or use another data directory"
                 )
             if version < SCHEMA_VERSION:
-                for statement in _statements(SCHEMA if version == 0 else UPGRADE_1_TO_2):
+                # an older file climbs one version at a time, all in this transaction
+                scripts = [SCHEMA] if version == 0 else [UPGRADES[v] for v in range(version, SCHEMA_VERSION)]
+                for statement in _statements("\n".join(scripts)):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -245,7 +256,7 @@ class SQLiteStore(CatalogStore):
     # -- reads
 
     def get(self, track_id: str, with_vectors: bool = False) -> Optional[TrackRecord]:
-        columns = f"{META_COLUMNS}, vectors" if with_vectors else META_COLUMNS
+        columns = f"{META_COLUMNS}, {BLOB_COLUMNS}" if with_vectors else META_COLUMNS
         with self._translate():
             row = self._conn().execute(f"SELECT {columns} FROM tracks WHERE track_id = ?", (track_id,)).fetchone()
         return None if row is None else _from_row(row)
@@ -276,7 +287,7 @@ class SQLiteStore(CatalogStore):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         # Keyset pages on the unique track_id index: each batch is its own short read, so no
         # long-lived read transaction holds back WAL checkpoints while the caller works.
-        query = f"SELECT {META_COLUMNS}, vectors FROM tracks WHERE track_id > ? ORDER BY track_id LIMIT ?"
+        query = f"SELECT {META_COLUMNS}, {BLOB_COLUMNS} FROM tracks WHERE track_id > ? ORDER BY track_id LIMIT ?"
         after = ""
         while True:
             with self._translate():
@@ -335,7 +346,7 @@ def _to_row(record: TrackRecord) -> tuple:
     return (
         record.track_id, record.title, record.artist, metadata_json(record.metadata),
         float(record.duration_s), record.model_id, float(record.created_at), dim, n,
-        to_blob(record.starts_s), to_blob(record.vectors),
+        to_blob(record.starts_s), to_blob(record.vectors), sequence_to_blob(record.sequence),
     )
 
 
@@ -356,4 +367,5 @@ def _decode_row(row: tuple) -> TrackRecord:
         duration_s=duration_s, model_id=model_id, created_at=created_at,
         vectors=from_blob(row[10], n, dim) if len(row) > 10 else None,
         starts_s=from_blob(starts, n),
+        sequence=sequence_from_blob(row[11]) if len(row) > 11 else None,
     )

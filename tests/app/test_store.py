@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import signal
 import sqlite3
@@ -29,7 +30,7 @@ from app.store import (
     TrackRecord,
     open_store,
 )
-from app.store.base import MAX_METADATA_DEPTH, MAX_PAGE_END
+from app.store.base import MAX_METADATA_DEPTH, MAX_PAGE_END, MAX_SEQUENCE_FRAMES
 from app.store.redis import redact_url
 from tests.app.conftest import RedisServer, free_port, plant_raw_track
 
@@ -48,6 +49,19 @@ def make_record(track_id: str, n: int = 3, dim: int = 8, model_id: str = "m1", c
     )
     values.update(fields)
     return TrackRecord(**values)
+
+
+def make_sequence(frames: int, seed: int = 0) -> np.ndarray:
+    """A (12, frames) uint8 pitch-class sequence using the whole byte range."""
+    return np.random.default_rng(seed).integers(0, 256, size=(12, frames), dtype=np.uint8)
+
+
+def assert_same_sequence(got, want) -> None:
+    if want is None:
+        assert got is None
+    else:
+        assert got.dtype == np.uint8 and got.shape == want.shape and got.tobytes() == want.tobytes()
+        assert got.flags.c_contiguous and got.flags.writeable
 
 
 class Backend:
@@ -106,6 +120,34 @@ def test_get_without_vectors_and_missing_track(store):
     store.put(record)
     assert_same(store.get("t"), record, with_vectors=False)
     assert store.get("absent") is None and store.get("absent", with_vectors=True) is None
+
+
+def test_sequence_round_trips_through_put_put_many_get_and_iter_records(store):
+    with_one = make_record("seq", sequence=make_sequence(37, seed=1))
+    # a Fortran-order array: stored as the (12, T) array it is, not in its memory order
+    transposed = make_record("seq-t", sequence=np.asfortranarray(make_sequence(5, seed=2)))
+    store.put(with_one)
+    store.put(make_record("plain"))
+    batch = [make_record("bulk-seq", sequence=make_sequence(1, seed=3)), make_record("bulk-plain"), transposed]
+    store.put_many(batch)
+    expected = {r.track_id: r.sequence for r in [with_one, *batch]} | {"plain": None}
+    for track_id, sequence in expected.items():
+        assert_same_sequence(store.get(track_id, with_vectors=True).sequence, sequence)
+        assert store.get(track_id).sequence is None  # cheap reads leave it out
+    found = {r.track_id: r.sequence for r in store.iter_records(batch_size=2)}
+    assert found.keys() == expected.keys()
+    for track_id, sequence in expected.items():
+        assert_same_sequence(found[track_id], sequence)
+    assert all(r.sequence is None for r in store.list(0, 10))
+
+
+def test_replace_swaps_or_drops_the_sequence(store):
+    store.put(make_record("t", sequence=make_sequence(20, seed=1)))
+    store.put(make_record("t"), replace=True)
+    assert store.get("t", with_vectors=True).sequence is None  # no sequence of the old track lingers
+    new = make_sequence(9, seed=2)
+    store.put(make_record("t", sequence=new), replace=True)
+    assert_same_sequence(store.get("t", with_vectors=True).sequence, new)
 
 
 def test_duplicate_put_raises_and_keeps_the_original(store):
@@ -393,6 +435,14 @@ INVALID = {
     "metadata nested too deep": dict(metadata=_nested(MAX_METADATA_DEPTH + 1)),
     "NaN duration": dict(duration_s=float("nan")),
     "empty track id": dict(track_id=""),
+    "sequence float32": dict(sequence=make_sequence(4).astype(np.float32)),
+    "sequence int8": dict(sequence=make_sequence(4).astype(np.int8)),
+    "sequence 1-D": dict(sequence=make_sequence(4).ravel()),
+    "sequence 11 rows": dict(sequence=make_sequence(4)[:11]),
+    "sequence frames first": dict(sequence=make_sequence(4).T.copy()),
+    "sequence without frames": dict(sequence=np.zeros((12, 0), dtype=np.uint8)),
+    "sequence too long": dict(sequence=np.broadcast_to(np.uint8(1), (12, MAX_SEQUENCE_FRAMES + 1))),  # no memory
+    "sequence a list": dict(sequence=[[0] * 4] * 12),
 }
 
 
@@ -523,6 +573,61 @@ def test_newer_layouts_are_refused(tmp_path, redis_server):
         store._client.set(f"{prefix}:schema", 5)
     with pytest.raises(StoreError, match="layout version 5.*upgrade coverid"):
         RedisStore(redis_server.url, prefix=prefix)
+
+
+def test_a_bad_sequence_is_refused_with_what_to_do(store):
+    with pytest.raises(ValueError, match=r"sequence must be a 2-D uint8 array \(12, T\).*got 2-D uint8 of shape "
+                                         r"\(11, 4\).*put the classes first"):
+        store.put(make_record("bad", sequence=make_sequence(4)[:11]))
+    with pytest.raises(ValueError, match="1 to 1000000 frames, got 0.*store None"):
+        store.put(make_record("bad", sequence=np.zeros((12, 0), dtype=np.uint8)))
+    assert store.count() == 0 and store.generation() == 0
+
+
+def downgrade(path: Path, version: int) -> None:
+    """Turn the catalogue file into one of an older schema, as that coverid left it: schema 2 had no sequence
+    column; schema 1 no change log either, so its triggers logged nothing."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("ALTER TABLE tracks DROP COLUMN sequence")
+    if version == 1:
+        triggers = "SELECT name, sql FROM sqlite_master WHERE name IN ('tracks_insert', 'tracks_delete')"
+        for name, sql in conn.execute(triggers).fetchall():
+            conn.execute(f"DROP TRIGGER {name}")
+            conn.execute(re.sub(r"\s*INSERT INTO changes[^;]*;", "", sql))
+        conn.execute("DROP TABLE changes")  # its trim trigger goes with it
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.close()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_sqlite_catalogue_of_an_older_schema_is_upgraded_in_place(tmp_path, version):
+    old = [make_record("old-a", n=2, seed=1), make_record("old-b", n=4, seed=2, model_id="m2")]
+    with SQLiteStore(tmp_path) as store:
+        store.put_many(old)
+    downgrade(tmp_path / "catalog.sqlite3", version)
+    with sqlite3.connect(tmp_path / "catalog.sqlite3") as conn:  # it is the old layout
+        assert "sequence" not in {row[1] for row in conn.execute("PRAGMA table_info(tracks)")}
+        assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'changes'").fetchone()[0] == version - 1
+    conn.close()
+    generation = 2 if version == 2 else 0  # a schema-2 log is kept; schema 1 had none
+    with SQLiteStore(tmp_path) as store:
+        assert store._conn().execute("PRAGMA user_version").fetchone()[0] == 3
+        assert (store.count(), store.vector_count(), store.model_ids()) == (2, 6, {"m1", "m2"})
+        assert store.generation() == generation
+        for record in old:
+            got = store.get(record.track_id, with_vectors=True)
+            assert_same(got, record)
+            assert got.sequence is None
+        sequence = make_sequence(15)
+        store.put(make_record("new", sequence=sequence))
+        store.put(make_record("old-a", n=1, sequence=sequence), replace=True)
+        store.delete("old-b")  # the triggers, upgraded, still count and log
+    with SQLiteStore(tmp_path) as reopened:  # the upgrade ran once: opening the upgraded file changes nothing
+        assert sorted(r.track_id for r in reopened.iter_records()) == ["new", "old-a"]
+        assert_same_sequence(reopened.get("new", with_vectors=True).sequence, sequence)
+        assert_same_sequence(reopened.get("old-a", with_vectors=True).sequence, sequence)
+        assert (reopened.count(), reopened.vector_count(), reopened.model_ids()) == (2, 3 + 1, {"m1"})
+        assert reopened.generation() == generation + 4
 
 
 def test_sqlite_file_is_wal_with_synchronous_full(tmp_path):

@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 
 from app.store import CatalogStore, StoreError, StoreUnavailable, TrackRecord
-from index.local_index import LocalIndex, read_header
+from index.local_index import LocalIndex, Match, UnknownTrack, read_header
 
 
 REBUILD_BATCH = 512  # tracks per index insert when rebuilding from the store
@@ -132,7 +132,7 @@ class Catalog:
             return
         if indexed and np.allclose(self.index.vectors(track_id), record.vectors, atol=1e-6):
             return  # this process wrote it, or already replayed it
-        self.index.add(track_id, record.vectors, record.starts_s, replace=True)
+        self.index.add(track_id, record.vectors, record.starts_s, replace=True, sequence=record.sequence)
 
     def follow(self, stop: threading.Event, interval_s: float, on_change=None) -> None:
         """Sync every `interval_s` until `stop` is set (the service runs this in a thread); a log that no
@@ -155,7 +155,7 @@ class Catalog:
             raise CatalogMismatch(f"embeddings of model {record.model_id!r} offered to a {self.model_id!r} catalogue")
         with self._writes:
             self.store.put(record, replace=replace)
-            self.index.add(record.track_id, record.vectors, record.starts_s, replace=replace)
+            self.index.add(record.track_id, record.vectors, record.starts_s, replace=replace, sequence=record.sequence)
 
     def ingest_many(self, records: list[TrackRecord]) -> None:
         """Store then index new tracks as one batch (one store write where the backend allows it)."""
@@ -164,7 +164,7 @@ class Catalog:
             raise CatalogMismatch(f"embeddings of model(s) {sorted(foreign)} offered to a {self.model_id!r} catalogue")
         with self._writes:
             self.store.put_many(records)
-            self.index.add_many([(r.track_id, r.vectors, r.starts_s) for r in records])
+            self.index.add_many([(r.track_id, r.vectors, r.starts_s, r.sequence) for r in records])
 
     def delete(self, track_id: str) -> bool:
         with self._writes:
@@ -191,6 +191,21 @@ class Catalog:
     def get(self, track_id: str) -> Optional[TrackRecord]:
         return self.store.get(track_id)
 
+    def search(self, vectors: np.ndarray, top_k: int, query_starts_s: Optional[np.ndarray] = None,
+               timings: Optional[dict] = None) -> list[Match]:
+        """Stages 1 and 2 over the index: the best `top_k` tracks by MaxMean."""
+        return self.index.search(vectors, top_k=top_k, query_starts_s=query_starts_s, timings=timings)
+
+    def sequences(self, track_ids: list[str]) -> list[Optional[np.ndarray]]:
+        """The indexed pitch-class sequences of these tracks (None for one without, or no longer indexed)."""
+        out = []
+        for track_id in track_ids:
+            try:
+                out.append(self.index.sequence(track_id))
+            except UnknownTrack:  # deleted since the search
+                out.append(None)
+        return out
+
     def save_snapshot(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)  # a Redis-backed service may have no data dir yet
         with suppress(StoreError, CatalogBehind):
@@ -209,7 +224,7 @@ def _rebuild(store: CatalogStore, settings: IndexSettings) -> tuple[LocalIndex, 
                        initial_capacity=max(1024, store.vector_count()))
     batch: list = []
     for record in store.iter_records(batch_size=REBUILD_BATCH):
-        batch.append((record.track_id, record.vectors, record.starts_s))
+        batch.append((record.track_id, record.vectors, record.starts_s, record.sequence))
         if len(batch) == REBUILD_BATCH:
             index.add_many(batch)
             batch = []

@@ -47,7 +47,7 @@ async def lifespan(app: FastAPI):
     catalog, how = Catalog.open(store, extractor.model_id, extractor.config.embedding_dim, settings.snapshot_path,
                                 settings.k_neighbours, settings.ef_search, settings.hnsw_m, settings.retry_after_s)
     log.info("model %s on %s; %d tracks, index %s", extractor.model_id, extractor.device, store.count(), how)
-    app.state.embedder = Embedder(extractor, settings.queue_size, settings.queue_wait_s)
+    app.state.embedder = Embedder(extractor, settings.queue_size, settings.queue_wait_s, settings.stage3_top_n)
     app.state.catalog = catalog
     MODEL_INFO.labels(extractor.model_id, str(extractor.device)).set(1)
     _update_gauges(catalog)

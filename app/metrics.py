@@ -23,7 +23,8 @@ REQUESTS = Counter(
 STAGE_SECONDS = Histogram(
     "coverid_stage_duration_seconds",
     "Time spent in one pipeline stage: decode (decoding and resampling), embed (CQT, chunking and network), "
-    "search (HNSW first stage), rerank (batched MaxMean), store (catalogue writes).",
+    "search (HNSW first stage), rerank (batched MaxMean), align (stage 3: alignment of the top N), "
+    "store (catalogue writes).",
     ["stage"], buckets=BUCKETS,
 )
 QUEUE_DEPTH = Gauge("coverid_model_queue_depth",

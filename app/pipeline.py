@@ -7,6 +7,7 @@ routes run these functions in a worker thread so the event loop stays free.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import uuid
@@ -18,6 +19,7 @@ import torch
 from app.catalog import Catalog
 from app.metrics import QUEUE_DEPTH, REJECTED, STAGE_SECONDS
 from app.store import TrackRecord
+from index.fusion import rerank
 from models.extractor import LoadedExtractor, LocalEmbeddings
 
 
@@ -101,8 +103,14 @@ class Embedder:
     may wait at once is bounded before this, by `admission` (see Admission).
     """
 
-    def __init__(self, extractor: LoadedExtractor, queue_size: int = 16, queue_wait_s: float = 2.0):
+    def __init__(self, extractor: LoadedExtractor, queue_size: int = 16, queue_wait_s: float = 2.0,
+                 stage3_top_n: Optional[int] = None):
         self.extractor = extractor
+        stage3 = extractor.stage3
+        if stage3 is not None and stage3_top_n is not None:  # the service's setting overrides the artifact's N
+            stage3 = (dataclasses.replace(stage3[0], top_n=stage3_top_n), stage3[1])
+        # (fusion, alignment) settings of stage 3, or None: the artifact has none, or N is 0
+        self.stage3 = stage3 if stage3 is not None and stage3[0].top_n > 0 else None
         self.admission = Admission(queue_size)
         self.queue_wait_s = queue_wait_s
         self._lock = threading.Lock()
@@ -152,6 +160,7 @@ def make_record(
         created_at=time.time(),
         vectors=embeddings.vectors.numpy(),
         starts_s=embeddings.starts_s.numpy(),
+        sequence=None if embeddings.sequence is None else embeddings.sequence.numpy(),
     )
 
 
@@ -188,11 +197,20 @@ def identify(
     if embeddings.duration_s < min_seconds:
         raise ClipDurationError(f"the clip lasts {embeddings.duration_s:.1f} s; send at least {min_seconds:g} s")
     stages: dict[str, float] = {}
-    matches = catalog.index.search(
-        embeddings.vectors.numpy(), top_k=top_k, query_starts_s=embeddings.starts_s.numpy(), timings=stages
-    )
+    stage3 = embedder.stage3
+    wanted = max(top_k, stage3[0].top_n) if stage3 else top_k  # stage 3 re-orders the stage-2 top N
+    matches = catalog.search(embeddings.vectors.numpy(), top_k=wanted, query_starts_s=embeddings.starts_s.numpy(),
+                             timings=stages)
     for stage, seconds in stages.items():
         clock.add(stage, seconds)
+    if stage3 and matches and embeddings.sequence is not None:
+        aligned = time.perf_counter()
+        fusion, alignment = stage3
+        sequences = catalog.sequences([m.track_id for m in matches[: fusion.top_n]])
+        matches = rerank(matches, embeddings.sequence, sequences, embeddings.duration_s,
+                         embedder.extractor.config.sequence_frame_seconds, fusion, alignment)
+        clock.add("align", time.perf_counter() - aligned)
+    matches = matches[:top_k]
     if min_score is not None:
         matches = [m for m in matches if m.score >= min_score]
     records = catalog.describe([m.track_id for m in matches])

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     ef_search: int = Field(400, ge=1, description="HNSW beam width; raised to k_neighbours when lower")
     hnsw_m: int = Field(32, ge=4, le=128, description="HNSW links per node; fixed when the index is built")
     max_top_k: int = Field(200, ge=1)
+    # stage 3: stage-2 candidates aligned per query; unset: the artifact's (models/weights/MODEL_CARD.md), 0: off
+    stage3_top_n: Optional[int] = Field(None, ge=0, le=10000, description="candidates aligned per query (stage 3)")
     # back-pressure: beyond these a request gets 503 + Retry-After at once instead of queueing without bound
     queue_size: int = Field(16, ge=1, le=10000, description="model requests in flight, from their headers to their answer")
     queue_wait_s: float = Field(2.0, gt=0, le=300, description="longest wait for the model's turn")
@@ -55,6 +57,9 @@ class Settings(BaseSettings):
     # security
     api_keys: list[SecretStr] = Field(default_factory=list, description="JSON list; empty: no key needed")
     identify_requires_key: bool = False
+    # the command line's HTTP client (coverid ingest / identify)
+    url: str = Field("http://127.0.0.1:8000", description="the service the client commands talk to")
+    api_key: Optional[SecretStr] = Field(None, description="the key the client commands send")
     log_level: str = Field("info", pattern=r"^(debug|info|warning|error)$")
 
     @field_validator("api_keys")

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from synthetic import MODEL_SHAPE_FILE, EmbeddingShape
-from models.dataset import FeatureCorpus
+from models.training.dataset import FeatureCorpus
 from models.extractor import load_extractor
-from models.train import artifact_embedder
+from models.training.train import artifact_embedder
 
 
 def main() -> None:

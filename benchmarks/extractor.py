@@ -29,7 +29,7 @@ from models.config import FEATURES, ExtractorConfig
 from models.extractor import export_extractor, load_extractor
 from models.network import ResNetIBN
 from models.pitch_student import PitchStudent, save_student
-from models.synth import random_tune, render_notes
+from models.training.synth import random_tune, render_notes
 
 SOURCE_RATE = 44100
 

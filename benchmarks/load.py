@@ -35,7 +35,7 @@ import httpx
 import numpy as np
 import soundfile as sf
 
-from models.synth import random_tune, render_notes
+from models.training.synth import random_tune, render_notes
 
 RATE = 22050
 

@@ -34,7 +34,7 @@ from app.catalog import Catalog
 from app.store import SQLiteStore, TrackRecord
 from index.local_index import LocalIndex
 from models.extractor import load_extractor
-from models.synth import random_tune, render_notes
+from models.training.synth import random_tune, render_notes
 from ann_sweep import sweep
 from synthetic import EmbeddingShape, Sampler, add_in_batches, queries
 

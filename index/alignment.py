@@ -30,7 +30,7 @@ from torch import Tensor
 class AlignmentSettings:
     embed_frames: int = 9  # frames stacked per recurrence (Serra 2009: m = 9 to 10)
     kappa: float = 0.095  # share of nearest neighbours that recur
-    gap_onset: float = 5.0  # penalty to open a disruption (Serra 2009's gamma_o)
+    gap_onset: float = 0.5  # penalty to open a disruption (Serra 2009: 5; 0.5, as Essentia, aligned real covers better here)
     gap_extension: float = 0.5  # penalty per further step of it (gamma_e)
 
 

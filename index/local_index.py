@@ -35,7 +35,7 @@ from index.maxmean import maxmean_best_pair
 from index.rwlock import RWLock
 
 FORMAT = "coverid-local-index"
-FORMAT_VERSION = 2  # 2: the store generation the index reflects
+FORMAT_VERSION = 3  # 2: the store generation the index reflects; 3: each track's pitch-class sequence (stage 3)
 HEADER_MEMBER = "header.json"
 GRAPH_MEMBER = "hnsw.bin"
 RESTORE_BLOCK = 65536  # vectors copied out of hnswlib per call when a snapshot loads
@@ -87,6 +87,10 @@ class SnapshotHeader:
 class _Track:
     slots: np.ndarray  # (N,) int64, in segment order
     starts_s: Optional[np.ndarray]  # (N,) float64 chunk start times, when the caller gave them
+    sequence: Optional[np.ndarray] = None  # (12, T) uint8 pitch classes for stage 3, when the model makes them
+
+
+TrackItem = tuple  # (track_id, vectors (N, dim), starts_s (N,) or None[, sequence (12, T) uint8 or None])
 
 
 class LocalIndex:
@@ -171,6 +175,13 @@ class LocalIndex:
                 raise UnknownTrack(track_id)
             return self._vectors[self._tracks[track_id].slots].copy()
 
+    def sequence(self, track_id: str) -> Optional[np.ndarray]:
+        """One track's stored pitch-class sequence (12, T) uint8 (not a copy: do not write to it), or None."""
+        with self._lock.read():
+            if track_id not in self._tracks:
+                raise UnknownTrack(track_id)
+            return self._tracks[track_id].sequence
+
     def set_search(self, k_neighbours: Optional[int] = None, ef_search: Optional[int] = None) -> None:
         """Change K and ef for the searches that follow; ef stays at least K."""
         k = self._k if k_neighbours is None else k_neighbours
@@ -183,23 +194,24 @@ class LocalIndex:
     # ---- changes
 
     def add(
-        self, track_id: str, vectors: np.ndarray, starts_s: Optional[np.ndarray] = None, replace: bool = False
+        self, track_id: str, vectors: np.ndarray, starts_s: Optional[np.ndarray] = None, replace: bool = False,
+        sequence: Optional[np.ndarray] = None,
     ) -> None:
-        """Index a track's local embeddings, (N, dim) in segment order, with optional chunk starts (N,) in seconds."""
-        self.add_many([(track_id, vectors, starts_s)], replace=replace)
+        """Index a track's local embeddings, (N, dim) in segment order, with optional chunk starts (N,) in seconds
+        and an optional (12, T) uint8 pitch-class sequence kept for stage 3."""
+        self.add_many([(track_id, vectors, starts_s, sequence)], replace=replace)
 
-    def add_many(
-        self, items: list[tuple[str, np.ndarray, Optional[np.ndarray]]], replace: bool = False
-    ) -> None:
+    def add_many(self, items: list[TrackItem], replace: bool = False) -> None:
         """Index several tracks with one hnswlib call (which it spreads over threads): rebuilds and bulk loads.
 
         All or nothing for duplicates: a track id already indexed (without replace) or given twice adds none.
         """
         prepared = []
-        for track_id, vectors, starts_s in items:
+        for track_id, vectors, starts_s, *sequence in items:
             rows = self._unit_rows(vectors, "vectors")
-            prepared.append((track_id, rows, _check_starts(starts_s, len(rows), "starts_s")))
-        ids = [track_id for track_id, _, _ in prepared]
+            prepared.append((track_id, rows, _check_starts(starts_s, len(rows), "starts_s"),
+                             _check_sequence(sequence[0] if sequence else None)))
+        ids = [track_id for track_id, *_ in prepared]
         if len(set(ids)) != len(ids):
             raise DuplicateTrack(f"a track id appears twice in one add_many: {sorted(i for i in ids if ids.count(i) > 1)[0]!r}")
         if not prepared:
@@ -210,7 +222,7 @@ class LocalIndex:
                 raise DuplicateTrack(f"track {present[0]!r} is already indexed; pass replace=True to overwrite it")
             for track_id in present:
                 self._drop(track_id)
-            rows = np.concatenate([r for _, r, _ in prepared])
+            rows = np.concatenate([r for _, r, _, _ in prepared])
             slots = self._take_slots(len(rows))
             self._vectors[slots] = rows
             try:
@@ -219,10 +231,10 @@ class LocalIndex:
                 self._give_back(slots)
                 raise
             offset = 0
-            for track_id, track_rows, starts in prepared:
+            for track_id, track_rows, starts, sequence in prepared:
                 track_slots = slots[offset : offset + len(track_rows)]
                 offset += len(track_rows)
-                self._tracks[track_id] = _Track(track_slots, starts)
+                self._tracks[track_id] = _Track(track_slots, starts, sequence)
                 for slot in track_slots.tolist():
                     self._owners[slot] = track_id
             self._live += len(slots)
@@ -409,7 +421,13 @@ class LocalIndex:
         tracks = list(self._tracks.values())
         lengths = [len(track.slots) for track in tracks]
         starts = [np.full(n, np.nan) if track.starts_s is None else track.starts_s for track, n in zip(tracks, lengths)]
+        frames = [0 if track.sequence is None else track.sequence.shape[1] for track in tracks]
+        sequences = [track.sequence for track in tracks if track.sequence is not None]
         return {
+            # pitch-class sequences side by side along time; a track without one spans no frames
+            "track_sequences": np.concatenate(sequences or [np.zeros((12, 0), np.uint8)], axis=1),
+            "sequence_offsets": np.concatenate([[0], np.cumsum(frames, dtype=np.int64)]).astype(np.int64),
+            "track_has_sequence": np.asarray([track.sequence is not None for track in tracks], dtype=bool),
             "track_ids": np.frombuffer(json.dumps(list(self._tracks)).encode(), dtype=np.uint8),
             "track_offsets": np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64),
             "track_slots": np.concatenate([track.slots for track in tracks] or [np.zeros(0, np.int64)]),
@@ -466,10 +484,12 @@ class LocalIndex:
             block = slots[first : first + RESTORE_BLOCK]   # in one call 1.7 M vectors took > 20 GB
             self._vectors[block] = self._hnsw.get_items(block, return_type="numpy")
         self._owners = [None] * header.capacity
+        sequences, frames = arrays["track_sequences"], arrays["sequence_offsets"]
         for i, track_id in enumerate(track_ids):
             span = slice(offsets[i], offsets[i + 1])
             has_starts = bool(arrays["track_has_starts"][i])
-            self._tracks[track_id] = _Track(slots[span].copy(), starts[span].copy() if has_starts else None)
+            sequence = sequences[:, frames[i] : frames[i + 1]].copy() if arrays["track_has_sequence"][i] else None
+            self._tracks[track_id] = _Track(slots[span].copy(), starts[span].copy() if has_starts else None, sequence)
             for slot in slots[span].tolist():
                 self._owners[slot] = track_id
         self._free = arrays["free_slots"].tolist()
@@ -545,6 +565,15 @@ def _check_starts(starts_s: Optional[np.ndarray], count: int, name: str) -> Opti
             f"{name} must be {count} finite start times in seconds, one per vector; got shape {starts.shape}"
         )
     return starts.copy()
+
+
+def _check_sequence(sequence: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    if sequence is None:
+        return None
+    if not isinstance(sequence, np.ndarray) or sequence.dtype != np.uint8 or sequence.ndim != 2 \
+            or sequence.shape[0] != 12 or sequence.shape[1] < 1:
+        raise ValueError(f"a sequence must be a (12, T >= 1) uint8 array, got {getattr(sequence, 'shape', sequence)!r}")
+    return np.ascontiguousarray(sequence)
 
 
 def _check_positive(**values: int) -> None:

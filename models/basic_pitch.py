@@ -349,7 +349,7 @@ def load_basic_pitch(path: str | os.PathLike = DEFAULT_WEIGHTS, max_batch_window
     """The converted basic-pitch weights as an eval-mode `BasicPitch`, after checking the file's header."""
     stored = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(stored, dict) or "header" not in stored or "state_dict" not in stored:
-        raise WeightFileError(f"{path} is not a basic-pitch weight file; regenerate it with models/convert_basic_pitch.py")
+        raise WeightFileError(f"{path} is not a basic-pitch weight file; regenerate it with models/training/convert_basic_pitch.py")
     header, state_dict = stored["header"], stored["state_dict"]
     problems = config_mismatches(header.get("architecture", {}), architecture())
     digest = state_dict_sha256(state_dict)

@@ -66,6 +66,9 @@ class ExtractorConfig:
     training_data: str = "none"
     model_id: str = ""  # filled at export from a hash of the weights
     format_version: int = FORMAT_VERSION
+    # stage 3 (alignment of the stage-2 top N, fused with MaxMean): index.fusion.FusionSettings and
+    # index.alignment.AlignmentSettings fields; empty: no stage 3 (see models.extractor.stage3_settings)
+    stage3: dict = field(default_factory=dict, compare=False)
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:

@@ -18,6 +18,8 @@ from typing import List, Mapping, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from index.alignment import AlignmentSettings
+from index.fusion import FusionSettings
 from models.audio import AudioSource, decode_audio
 from models.config import FORMAT_VERSION, ExtractorConfig, config_mismatches
 from models.fourier import Local2DFTM
@@ -62,6 +64,14 @@ class Extractor(nn.Module):
             outputs.append(self.network(chunks[first : first + self.max_batch_chunks]))
         return torch.cat(outputs)
 
+    @torch.jit.export
+    def analyse(self, waveform: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """forward's embeddings and starts, and the (12, T) uint8 pitch-class sequence stage 3 aligns, from one
+        pass of the front end."""
+        spectrogram = self.frontend.spectrogram(waveform)
+        chunks, starts = self.frontend.chunk(spectrogram)
+        return self.embed_chunks(chunks), starts, self.frontend.pitch_sequence(spectrogram)
+
 
 def weights_digest(module: nn.Module) -> str:
     digest = hashlib.sha256()
@@ -94,11 +104,26 @@ def export_extractor(network: nn.Module, config: ExtractorConfig, path: str | os
     return config
 
 
+def stage3_settings(config: ExtractorConfig) -> Optional[Tuple[FusionSettings, AlignmentSettings]]:
+    """The artifact's stage 3 (how many candidates to align, how to fuse, how to align), or None when it has none."""
+    if not config.stage3:
+        return None
+    fusion_fields = set(FusionSettings.__dataclass_fields__)
+    alignment_fields = set(AlignmentSettings.__dataclass_fields__)
+    unknown = sorted(set(config.stage3) - fusion_fields - alignment_fields)
+    if unknown:
+        raise ArtifactError(f"unknown stage3 settings {unknown}; known: {sorted(fusion_fields | alignment_fields)}")
+    fusion = FusionSettings(**{k: v for k, v in config.stage3.items() if k in fusion_fields})
+    alignment = AlignmentSettings(**{k: v for k, v in config.stage3.items() if k in alignment_fields})
+    return (fusion, alignment) if fusion.top_n > 0 else None
+
+
 @dataclass(frozen=True)
 class LocalEmbeddings:
     vectors: Tensor  # (N, D) float32, L2-normalised, on the CPU
     starts_s: Tensor  # (N,) chunk start times in seconds
     duration_s: float
+    sequence: Optional[Tensor] = None  # (12, T) uint8 pitch classes, when the artifact has a stage 3
 
 
 class LoadedExtractor:
@@ -113,13 +138,21 @@ class LoadedExtractor:
     def model_id(self) -> str:
         return self.config.model_id
 
+    @property
+    def stage3(self) -> Optional[Tuple[FusionSettings, AlignmentSettings]]:
+        return stage3_settings(self.config)
+
     def decode(self, source: AudioSource, max_seconds: float | None = None) -> Tensor:
         return decode_audio(source, self.config.sample_rate, max_seconds=max_seconds)
 
     @torch.inference_mode()
     def embed_waveform(self, waveform: Tensor) -> LocalEmbeddings:
-        vectors, starts = self.module(waveform.to(self.device))
-        return LocalEmbeddings(vectors.float().cpu(), starts.cpu(), waveform.shape[-1] / self.config.sample_rate)
+        duration_s = waveform.shape[-1] / self.config.sample_rate
+        if self.stage3 is None:
+            vectors, starts = self.module(waveform.to(self.device))
+            return LocalEmbeddings(vectors.float().cpu(), starts.cpu(), duration_s)
+        vectors, starts, sequence = self.module.analyse(waveform.to(self.device))
+        return LocalEmbeddings(vectors.float().cpu(), starts.cpu(), duration_s, sequence.cpu())
 
     def embed(self, source: AudioSource, max_seconds: float | None = None) -> LocalEmbeddings:
         return self.embed_waveform(self.decode(source, max_seconds))

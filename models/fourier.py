@@ -12,7 +12,7 @@ frames per second) and returns one vector per chunk, so retrieval keeps ByteCove
    shift along the pitch classes and a time offset a shift along time, and the magnitude of
    the transform ignores both;
 4. the median over patches, unit-normalised, then a linear projection (PCA, optionally
-   whitened, fitted without labels on real recordings: models/fit_fourier.py) and unit norm.
+   whitened, fitted without labels on real recordings: models/training/fit_fourier.py) and unit norm.
 
 Only half of the time frequencies are kept (`rfft`): the magnitude of a real signal's 2D FFT
 is symmetric, so the other half repeats it. Bertin-Mahieux & Ellis (ISMIR 2012) use the same
@@ -62,7 +62,7 @@ class Local2DFTM(nn.Module):
         raw = fourier_dim(patch_frames)
         if not 1 <= embedding_dim <= raw:
             raise ValueError(f"embedding_dim={embedding_dim} must be in [1, {raw}] for patch_frames={patch_frames}")
-        # the projection: identity until fitted (models/fit_fourier.py), stored with the artifact's weights
+        # the projection: identity until fitted (models/training/fit_fourier.py), stored with the artifact's weights
         self.register_buffer("mean", torch.zeros(raw))
         self.register_buffer("projection", torch.eye(raw)[:, :embedding_dim].contiguous())
 

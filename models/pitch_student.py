@@ -3,7 +3,7 @@
 basic-pitch (models/basic_pitch.py) turns audio into note posteriors that barely depend on
 timbre, but costs about 460 ms per 30 s on one core. The student reads the CQT the front end
 computes anyway (84 bins, MIDI 24..107, hop 512) and predicts the teacher's notes on the same
-frame grid (`PitchSalience`: 88 notes, MIDI 21..108) for a few milliseconds; `models/distil.py`
+frame grid (`PitchSalience`: 88 notes, MIDI 21..108) for a few milliseconds; `models/training/distil.py`
 trains it on real recordings.
 
 Input: the CQT magnitude in dB, relative to the loudest bin within about 2 s around each frame
@@ -140,3 +140,13 @@ def student_id(path: str | os.PathLike = DEFAULT_WEIGHTS) -> str:
     if not os.path.isfile(path):
         return ""
     return str(torch.load(path, map_location="cpu", weights_only=True)["header"]["weights_id"])
+
+
+def installed_student_id(features: str) -> str:
+    """The installed student's id when `features` is "student" (refused when none is installed), else ''."""
+    if features != "student":
+        return ""
+    found = student_id()
+    if not found:
+        raise StudentWeightsError(f"no pitch student at {DEFAULT_WEIGHTS}; train one with `coverid distil --install`")
+    return found

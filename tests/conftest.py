@@ -12,7 +12,7 @@ import torch
 from models.config import ExtractorConfig
 from models.extractor import export_extractor
 from models.network import ResNetIBN
-from models.synth import random_tune, render_notes
+from models.training.synth import random_tune, render_notes
 
 SAMPLE_RATE = ExtractorConfig.sample_rate
 

@@ -42,7 +42,7 @@ def test_evaluate_on_a_list_of_recordings_reports_every_method_and_caches_featur
 
     import soundfile as sf
 
-    from models.synth import random_tune, render_notes
+    from models.training.synth import random_tune, render_notes
 
     rate = 22050
     rows = ["work_id,performance_id,path"]

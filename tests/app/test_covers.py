@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from models.corpus import procedural
-from models.corpus.examples import SAMPLE_RATE, render_rendition
+from models.training.corpus import procedural
+from models.training.corpus.examples import SAMPLE_RATE, render_rendition
 from tests.app.conftest import running_service
 
 SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "models" / "weights" / "extractor.pt"

@@ -5,7 +5,7 @@ from nnAudio.features import CQT1992v2
 
 from models.config import ExtractorConfig
 from models.cqt import MultiRateCQT, bin_frequency, nearest_bin
-from models.synth import midi_to_hz
+from models.training.synth import midi_to_hz
 from tests.conftest import SAMPLE_RATE, tone, tune
 
 CFG = ExtractorConfig()

@@ -3,7 +3,7 @@ import torch
 
 from models.config import ExtractorConfig
 from models.extractor import Extractor, export_extractor, load_extractor
-from models.fit_fourier import fit_head, pca_projection
+from models.training.fit_fourier import fit_head, pca_projection
 from models.fourier import Local2DFTM, fourier_dim, patch_magnitudes, pitch_class_frames
 from models.frontend import FrontEnd
 

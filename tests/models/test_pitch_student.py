@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 
 from models.config import ExtractorConfig
-from models.distil import DistilConfig, audio_files, distil, pairs
+from models.training.distil import DistilConfig, audio_files, distil, pairs
 from models.frontend import FrontEnd
 from models.pitch_student import PitchStudent, StudentWeightsError, load_student, local_db, save_student
 from tests.conftest import SAMPLE_RATE, tune

@@ -1,8 +1,8 @@
 """Build time only: basic-pitch 0.4.0's nmp.onnx -> the weight file `models.basic_pitch` loads, and the test fixture.
 
     pip download --no-deps basic-pitch==0.4.0 -d /tmp/bp
-    python -m models.convert_basic_pitch --wheel /tmp/bp/basic_pitch-0.4.0-py2.py3-none-any.whl
-    python -m models.convert_basic_pitch --wheel ... --fixture   # also the onnxruntime reference outputs
+    python -m models.training.convert_basic_pitch --wheel /tmp/bp/basic_pitch-0.4.0-py2.py3-none-any.whl
+    python -m models.training.convert_basic_pitch --wheel ... --fixture   # also the onnxruntime reference outputs
 
 Reads the model and its LICENSE and NOTICE straight from the wheel (never installs it: it
 would pull TensorFlow). Needs `onnx` (and `onnxruntime` for --fixture); serving needs neither,
@@ -55,7 +55,7 @@ BATCH_NORM = "model_1/batch_normalization/FusedBatchNormV3"  # the one after the
 LOG_FLOOR_NAME = "model_1/normalized_log_1/add/y"
 CQT_SCALE_NAME = "model_1/cq_t2010v2_1/Sqrt"
 
-FIXTURE = Path(__file__).parent.parent / "tests" / "models" / "fixtures" / "basic_pitch_reference.npz"
+FIXTURE = Path(__file__).parents[2] / "tests" / "models" / "fixtures" / "basic_pitch_reference.npz"
 LONG_SAMPLES = 80_000  # 313 frames in three windows: the first, one in the middle, a last one cut short
 SIGNAL_STRIDE = 97  # the fixture keeps every 97th input sample, to tell a changed signal from a changed model
 
@@ -181,7 +181,7 @@ def header(sources: Dict[str, bytes], wheel: Path, state: Dict[str, torch.Tensor
         "wheel_sha256": sha256(wheel.read_bytes()),
         "licence": LICENCE,
         "copyright": "Copyright 2022 Spotify AB",
-        "converted_by": "models/convert_basic_pitch.py",
+        "converted_by": "models/training/convert_basic_pitch.py",
         "architecture": bp.architecture(),
         "weights_sha256": bp.state_dict_sha256(state),
     }

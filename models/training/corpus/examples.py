@@ -12,9 +12,9 @@ import numpy as np
 import pretty_midi
 import soundfile as sf
 
-from models.corpus import procedural
-from models.corpus.arrange import arrange, plan_version
-from models.corpus.render import apply_chain, available_soundfonts, plan_chain, synthesise, write_audio
+from models.training.corpus import procedural
+from models.training.corpus.arrange import arrange, plan_version
+from models.training.corpus.render import apply_chain, available_soundfonts, plan_chain, synthesise, write_audio
 
 EXAMPLE_SEEDS = (10**9 + 1, 10**9 + 2, 10**9 + 3)  # outside every training range: procedural_works draws seed * 1_000_003 + i
 SAMPLE_RATE = 22050

@@ -24,12 +24,12 @@ import pretty_midi
 import torch
 
 from models.config import ExtractorConfig
-from models.corpus import procedural
-from models.corpus.arrange import arrange, plan_version, truncate
-from models.corpus.render import RenderError, apply_chain, available_soundfonts, plan_chain, synthesise
-from models.corpus.voice import plan_voice, sing
-from models.corpus.works import Work
-from models.dataset import FRONT_END_MARKER, stored_front_end
+from models.training.corpus import procedural
+from models.training.corpus.arrange import arrange, plan_version, truncate
+from models.training.corpus.render import RenderError, apply_chain, available_soundfonts, plan_chain, synthesise
+from models.training.corpus.voice import plan_voice, sing
+from models.training.corpus.works import Work
+from models.training.dataset import FRONT_END_MARKER, stored_front_end
 from models.frontend import FrontEnd
 
 # bump when a change to works, arrangement or rendering makes old cached versions unlike new ones

@@ -8,7 +8,7 @@ import soundfile as sf
 import torch
 
 from models.config import ExtractorConfig
-from models.recording_list import RecordingListError, cached_features, feature_key, read_recording_list
+from models.training.recording_list import RecordingListError, cached_features, feature_key, read_recording_list
 from tests.conftest import SAMPLE_RATE, tune
 
 

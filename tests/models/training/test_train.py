@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from models.config import ExtractorConfig
-from models.corpus.build import build, plan_jobs
-from models.corpus.works import procedural_works
-from models.dataset import BatchPlan, FeatureCorpus
-from models.train import TrainConfig, load_checkpoint, train
+from models.training.corpus.build import build, plan_jobs
+from models.training.corpus.works import procedural_works
+from models.training.dataset import BatchPlan, FeatureCorpus
+from models.training.train import TrainConfig, load_checkpoint, train
 
 
 TINY = ExtractorConfig(width=8)
@@ -64,7 +64,7 @@ def test_resuming_continues_exactly(tiny_corpus, tmp_path):
 
 
 def test_the_global_baseline_trains_with_the_same_code(tiny_corpus, tmp_path):
-    from models.train import global_config, network_embedder
+    from models.training.train import global_config, network_embedder
 
     config = global_config(TINY)
     train(tiny_corpus, config, TrainConfig(steps=3, log_every=1, batch=PLAN, proxy_length=1), tmp_path / "global")
@@ -105,9 +105,9 @@ def test_real_recordings_load_from_a_csv_and_are_cached(tmp_path):
 
 def test_embed_batch_runs_groups_of_one_chunk_in_training_mode():
     """The global model gives every sample one chunk of its own length: each group is one chunk."""
-    from models.dataset import Batch
+    from models.training.dataset import Batch
     from models.network import ResNetIBN
-    from models.train import embed_batch
+    from models.training.train import embed_batch
 
     torch.manual_seed(0)
     network = ResNetIBN(width=8)
@@ -143,7 +143,7 @@ def test_fine_tuning_starts_from_the_network_of_another_run(tiny_corpus, tmp_pat
 
 
 def test_corpora_concatenate_but_never_share_a_work(tiny_corpus):
-    from models.dataset import FeatureCorpus
+    from models.training.dataset import FeatureCorpus
 
     half = len(tiny_corpus.work_ids) // 2
     a = FeatureCorpus(tiny_corpus.work_ids[:half], tiny_corpus.versions[:half])

@@ -7,10 +7,10 @@ import pretty_midi
 import pytest
 
 from models.config import ExtractorConfig
-from models.corpus import procedural
-from models.corpus.arrange import MIN_NOTE_SECONDS, arrange, plan_version, truncate
-from models.corpus.build import build, check_cache_settings, plan_jobs
-from models.corpus.works import Work, asap_works, procedural_works
+from models.training.corpus import procedural
+from models.training.corpus.arrange import MIN_NOTE_SECONDS, arrange, plan_version, truncate
+from models.training.corpus.build import build, check_cache_settings, plan_jobs
+from models.training.corpus.works import Work, asap_works, procedural_works
 
 
 
@@ -105,7 +105,7 @@ def test_a_cache_of_an_older_corpus_format_is_refused(tmp_path):
 def test_examples_are_an_original_and_a_cover_of_each_song(tmp_path):
     import soundfile as sf
 
-    from models.corpus.examples import EXAMPLE_SEEDS, write_examples
+    from models.training.corpus.examples import EXAMPLE_SEEDS, write_examples
 
     paths = write_examples(tmp_path, seconds=12.0, clip=(2.0, 6.0))
     assert len(paths) == 2 * len(EXAMPLE_SEEDS) + 1
@@ -120,7 +120,7 @@ def test_examples_are_an_original_and_a_cover_of_each_song(tmp_path):
 
 
 def test_asap_folders_of_one_piece_score_as_one_work(shared_data):
-    from models.corpus.works import asap_piece_ids, asap_works
+    from models.training.corpus.works import asap_piece_ids, asap_works
 
     pieces = asap_piece_ids(shared_data / "asap")
     assert {work.work_id for work in asap_works(shared_data / "asap")} == set(pieces)
@@ -135,7 +135,7 @@ def test_long_vorbis_encodes_do_not_crash_the_process():
 
     import soundfile as sf
 
-    from models.corpus.render import write_audio
+    from models.training.corpus.render import write_audio
 
     audio = (0.3 * np.random.default_rng(0).standard_normal(2_200_000)).astype(np.float32)
     buffer = io.BytesIO()

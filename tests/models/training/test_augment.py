@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from models.config import ExtractorConfig
-from models.dataset import BatchPlan, BatchSampler, FeatureCorpus
+from models.training.dataset import BatchPlan, BatchSampler, FeatureCorpus
 from models.frontend import FrontEnd
 
 NOTES = ExtractorConfig(features="pitch")

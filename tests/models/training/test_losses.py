@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from models.losses import LocalAlignmentLoss, batch_hard_triplet
+from models.training.losses import LocalAlignmentLoss, batch_hard_triplet
 
 
 def test_batch_hard_triplet_on_known_similarities():

@@ -14,14 +14,18 @@ a median over fewer patches).
 
 from __future__ import annotations
 
-from typing import Sequence
+from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from models.config import ExtractorConfig
 from models.fourier import Local2DFTM
 from models.frontend import FrontEnd
+from models.training.distil import audio_files
+from models.training.recording_list import cached_features, feature_key
 
 CLIP_SECONDS = (6.0, 20.0)
 
@@ -63,3 +67,19 @@ def fit_head(frontend: FrontEnd, head: Local2DFTM, spectrograms: Sequence[Tensor
     mean, projection = pca_projection(vectors, head.projection.shape[1], whiten)
     head.set_projection(mean, projection)
     return {"vectors": int(vectors.shape[0]), "recordings": len(spectrograms), "whiten": whiten}
+
+
+def fitted_2dftm(config: ExtractorConfig, fit_audio: Sequence[Path], cache: Path, whiten: float, seed: int = 0,
+                 progress=None, skipped: Optional[list] = None) -> tuple[Local2DFTM, str]:
+    """The 2DFTM head for `config`, its projection fitted on the audio files under `fit_audio` (their features cached
+    under `cache`); and a line saying what it was fitted on for the artifact's `training_data`."""
+    head = Local2DFTM.from_config(config)
+    if not fit_audio:
+        return head.eval(), "no projection"
+    frontend = FrontEnd(config).eval()
+    arrays = cached_features(audio_files(list(fit_audio)), frontend.spectrogram, config.sample_rate, cache,
+                             feature_key(config), progress, skipped if skipped is not None else [])
+    fitted = fit_head(frontend, head, [torch.from_numpy(a) for a in arrays], whiten, seed)
+    summary = (f"PCA to {config.embedding_dim} (whiten {whiten:g}) fitted on {fitted['vectors']} local vectors of "
+               f"{fitted['recordings']} recordings under {', '.join(str(p) for p in fit_audio)}")
+    return head.eval(), summary

@@ -26,7 +26,7 @@ from torch import Tensor
 from models.config import ExtractorConfig
 from models.frontend import FrontEnd
 from models.pitch_student import PitchStudent, save_student
-from models.recording_list import ListedRecording, cached_features, feature_key
+from models.training.recording_list import ListedRecording, cached_features, feature_key
 
 AUDIO_SUFFIXES = (".ogg", ".opus", ".mp3", ".flac", ".wav")
 CQT_BINS = ExtractorConfig().cqt_bins
@@ -71,6 +71,14 @@ def pairs(files: list[ListedRecording], cache: Path, progress=None, skipped: Opt
     config = ExtractorConfig()
     key = f"distil-pairs-{feature_key(config.replace(features='pitch'))}"  # CQT settings + basic-pitch
     return cached_features(files, pair_features(config), config.sample_rate, cache, key, progress, skipped)
+
+
+def background_features(folders: list[Path], cache: Path, config: ExtractorConfig, skipped: Optional[list] = None) -> list:
+    """The real recordings under `folders` as the network's input rows: CQT magnitudes, or basic-pitch's notes for
+    note features (the student's stand-in). Cached with the distillation pairs, so `distil` and `train` share them."""
+    arrays = pairs(audio_files(folders), cache, skipped=skipped)
+    rows = slice(0, CQT_BINS) if config.features == "cqt" else slice(CQT_BINS, None)
+    return [a[rows] for a in arrays]
 
 
 def _batch(arrays: list[np.ndarray], rng: np.random.Generator, size: int, frames: int, stride: int):

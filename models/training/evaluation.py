@@ -34,8 +34,8 @@ from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score
 from torch import Tensor
 
-from index.alignment import AlignmentSettings, align
-from index.fusion import FusionSettings, fuse, stage3_order
+from index.alignment import AlignmentSettings
+from index.fusion import FusionSettings, rerank
 from models.config import ExtractorConfig
 from models.frontend import shift_bins
 
@@ -209,20 +209,17 @@ def _summary(aps: list[float], ranks: list[int]) -> dict:
             "queries": len(aps)}
 
 
-def _stage3_scores(matches: Sequence[Match], source: str, query_sequence: Tensor, sequences: dict[str, Tensor],
+def _stage3_scores(matches: Sequence[Match], source: str, query_sequence: Tensor, sequences: dict[str, np.ndarray],
                    query_seconds: float, stage3: Stage3) -> tuple[list[str], np.ndarray]:
-    """Stage 2's ranking (the source left out) with its top N re-scored: (ids, scores), every aligned candidate
-    above every other (3 + fused score, fused in [-1, 1])."""
+    """Stage 2's ranking (the source left out) through the service's stage 3 (index.fusion.rerank): (ids, scores),
+    every aligned candidate above every other (3 + fused score, fused in [-1, 1])."""
     ranked = [m for m in matches if m.track_id != source]
-    top = ranked[: stage3.fusion.top_n]
-    ids = [m.track_id for m in ranked]
-    scores = np.array([m.score for m in ranked], dtype=np.float64)
-    if top:
-        result = align(query_sequence, [sequences[m.track_id] for m in top], stage3.alignment)
-        maxmean = torch.tensor([m.score for m in top])
-        fused = fuse(maxmean, result.scores, stage3.fusion.alignment_weight(query_seconds))
-        scores[: len(top)] = 3.0 + fused.double().numpy()
-    return ids, scores
+    top_n = stage3.fusion.top_n
+    reranked = rerank(ranked, query_sequence, [sequences[m.track_id] for m in ranked[:top_n]], query_seconds,
+                      1.0, stage3.fusion, stage3.alignment)
+    scores = np.array([m.score for m in reranked], dtype=np.float64)
+    scores[:top_n] += 3.0
+    return [m.track_id for m in reranked], scores
 
 
 def evaluate(
@@ -276,7 +273,7 @@ def evaluate(
     frame_seconds = ExtractorConfig().frame_seconds if frame_seconds is None else frame_seconds
     if stage3 is not None:
         methods.append("three_stage")
-        sequences = {rec.recording_id: stage3.sequence(rec.spectrogram) for rec in recordings}
+        sequences = {rec.recording_id: stage3.sequence(rec.spectrogram).numpy() for rec in recordings}
     reachable: dict[str, list[float]] = defaultdict(list)
     aps = {m: defaultdict(list) for m in methods}
     ranks = {m: defaultdict(list) for m in methods}
@@ -297,8 +294,8 @@ def evaluate(
             found["exhaustive"] = index.search_exhaustive(vectors, top_k=len(ids))
         all_scores = {method: scores_for(matches, positions) for method, matches in found.items()}
         if stage3 is not None:
-            query_sequence = sequences[query.recording_id] if query.length == FULL and not query_shift else \
-                stage3.sequence(shift_bins(query.spectrogram, query_shift))
+            query_sequence = torch.from_numpy(sequences[query.recording_id]) if query.length == FULL and not query_shift \
+                else stage3.sequence(shift_bins(query.spectrogram, query_shift))
             seconds = query.spectrogram.shape[-1] * frame_seconds
             aligned_ids, aligned = _stage3_scores(found["two_stage"], query.recording_id, query_sequence, sequences,
                                                   seconds, stage3)
@@ -337,6 +334,35 @@ def evaluate(
     return results
 
 
+# -- the recordings users evaluate on -------------------------------------------------------
+
+
+def rendered_recordings(cache: Path, limit_works: Optional[int], data: Path) -> list[Recording]:
+    """The rendered validation versions of a corpus cache, each labelled with its piece (see asap_piece_ids)."""
+    from models.training.corpus.works import asap_piece_ids
+    from models.training.dataset import FeatureCorpus
+
+    metadata = data / "asap" / "metadata.csv"
+    pieces = asap_piece_ids(data / "asap") if metadata.exists() else {}
+    corpus = FeatureCorpus.from_cache(cache, "valid", limit_works=limit_works)
+    return [
+        Recording(f"{work}/v{i:02d}", pieces.get(work, work), torch.from_numpy(spec))
+        for work, versions in zip(corpus.work_ids, corpus.versions)
+        for i, spec in enumerate(versions)
+    ]
+
+
+def listed_recordings(table: Path, cache: Path, config: ExtractorConfig, spectrogram, progress=None) -> list[Recording]:
+    """Recordings of a `work_id,performance_id,path` list as whole-track features of `spectrogram` (an artifact's
+    own front end), cached under `cache`/features by the front end's settings."""
+    from models.training.recording_list import cached_features, feature_key, read_recording_list
+
+    listed = read_recording_list(table)
+    spectrograms = cached_features(listed, spectrogram, config.sample_rate, cache / "features", feature_key(config),
+                                   progress)
+    return [Recording(rec.performance_id, rec.work_id, torch.from_numpy(spec)) for rec, spec in zip(listed, spectrograms)]
+
+
 # -- report -------------------------------------------------------------------
 
 
@@ -351,20 +377,29 @@ def _table_row(key: str, results: dict[str, dict]) -> str:
     for r in results.values():
         two = r["two_stage"].get(key, {})
         exh = r.get("exhaustive", {}).get(key, {})
+        three = r.get("three_stage", {}).get(key, {})
         cells += [_fmt(two.get("mAP"), 3), _fmt(two.get("MR1"), 2), _fmt(exh.get("mAP"), 3),
                   _fmt(two.get(f"recall_at_{RECALL_AT}"), 3)]
+        if "three_stage" in r:
+            cells += [_fmt(three.get("mAP"), 3), _fmt(three.get("MR1"), 2), _fmt(three.get("top1"), 3),
+                      _fmt(three.get("relevant_in_top_n"), 3)]
     return "| " + " | ".join(cells) + " |"
 
 
 def _markdown(results: dict[str, dict]) -> str:
     header = ["query length", "queries"]
-    for name in results:
+    for name, r in results.items():
         header += [f"{name} mAP", f"{name} MR1", f"{name} mAP (exhaustive)", f"{name} recall@{RECALL_AT}"]
+        if "three_stage" in r:
+            header += [f"{name} mAP (3 stages)", f"{name} MR1 (3 stages)", f"{name} top-1 (3 stages)",
+                       f"{name} relevant in top N"]
     lines = [
         "# Evaluation: mAP and MR1 by query length",
         "",
-        "Two-stage search unless marked exhaustive; the query's own recording is left out of its ranking. "
-        f"recall@{RECALL_AT}: the share of the exhaustive top {RECALL_AT} that the two-stage top {RECALL_AT} holds.",
+        "Two-stage search unless marked; the query's own recording is left out of its ranking. "
+        f"recall@{RECALL_AT}: the share of the exhaustive top {RECALL_AT} that the two-stage top {RECALL_AT} holds. "
+        "3 stages: the two-stage top N aligned and re-scored (stage 3, as the service runs it); relevant in top N: "
+        "the share of queries with a recording of their work in the two-stage top N (what stage 3 can reach).",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -380,11 +415,12 @@ def _plot(results: dict[str, dict], path: Path) -> None:
     fig = Figure(figsize=(7, 4.5))  # no pyplot: no global backend state, renders with Agg
     ax = fig.add_subplot()
     for name, r in results.items():
-        maps = [r["two_stage"].get(key, {}).get("mAP") for key in order]
+        method = "three_stage" if "three_stage" in r else "two_stage"
+        maps = [r[method].get(key, {}).get("mAP") for key in order]
         ax.plot(x, [math.nan if m is None else m for m in maps], marker="o", label=name)
     ax.set_xticks(x, order)
     ax.set_xlabel("query length (s)")
-    ax.set_ylabel("mAP (two-stage)")
+    ax.set_ylabel("mAP (three stages where the model has stage 3, else two)")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend()

@@ -21,9 +21,9 @@ from torch import Tensor
 
 from index.maxmean import pad_sequences
 from models.config import ExtractorConfig
-from models.dataset import Batch, BatchPlan, BatchSampler, FeatureCorpus
+from models.training.dataset import Batch, BatchPlan, BatchSampler, FeatureCorpus
 from models.frontend import FrontEnd
-from models.losses import LocalAlignmentLoss
+from models.training.losses import LocalAlignmentLoss
 from models.network import ResNetIBN, init_reduction_from_pca
 
 CHECKPOINT = "checkpoint.pt"
@@ -225,7 +225,7 @@ def artifact_embedder(module: torch.jit.ScriptModule):
 
 def validation_callback(recordings: list, config: ExtractorConfig, lengths=(30.0,), seed: int = 0):
     """mAP on held-out recordings (exhaustive MaxMean, full tracks and `lengths` clips) for the training log."""
-    from models.evaluation import evaluate
+    from models.training.evaluation import evaluate
 
     def validate(network: ResNetIBN, step: int) -> dict:
         results = evaluate(network_embedder(network, config), recordings, seed, exhaustive=False, lengths=lengths)

@@ -2,7 +2,7 @@
 
 Bertin-Mahieux & Ellis, "Large-scale cover song recognition using the 2D
 Fourier transform magnitude" (ISMIR 2012), computed from the same raw CQT the
-networks see, so it plugs into `models.evaluation.evaluate` as an `embed`:
+networks see, so it plugs into `models.training.evaluation.evaluate` as an `embed`:
 
 1. fold the 84 CQT bins into 12 chroma bins (sum over the 7 octaves);
 2. average-pool time to about 2.5 frames/s (the paper uses beat-synchronous

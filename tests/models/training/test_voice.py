@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from models.config import ExtractorConfig
-from models.corpus import build as corpus_build
-from models.corpus.build import Job, render_job
-from models.corpus.voice import plan_voice, sing
-from models.corpus.works import procedural_works
+from models.training.corpus import build as corpus_build
+from models.training.corpus.build import Job, render_job
+from models.training.corpus.voice import plan_voice, sing
+from models.training.corpus.works import procedural_works
 from models.frontend import FrontEnd
 
 RATE = 22050

@@ -8,7 +8,7 @@ from sklearn.metrics import average_precision_score
 
 from index.maxmean import maxmean, pad_sequences
 from models.config import ExtractorConfig
-from models.evaluation import (
+from models.training.evaluation import (
     LENGTH_KEYS,
     QUERY_SECONDS,
     Recording,

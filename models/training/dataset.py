@@ -20,7 +20,7 @@ from torch import Tensor
 
 from models.config import ExtractorConfig
 from models.frontend import FrontEnd, shift_bins
-from models.recording_list import cached_features, feature_key, read_recording_list
+from models.training.recording_list import cached_features, feature_key, read_recording_list
 
 
 @dataclass

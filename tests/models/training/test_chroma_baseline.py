@@ -3,11 +3,11 @@ import math
 import pytest
 import torch
 
-from models.chroma_baseline import DIM, PATCH_FRAMES, POOL, chroma_2dftm, fold_to_chroma
+from models.training.chroma_baseline import DIM, PATCH_FRAMES, POOL, chroma_2dftm, fold_to_chroma
 from models.config import ExtractorConfig
-from models.evaluation import Recording, evaluate
-from models.synth import random_tune
-from tests.models.test_evaluation import fake_factory
+from models.training.evaluation import Recording, evaluate
+from models.training.synth import random_tune
+from tests.models.training.test_evaluation import fake_factory
 
 FRAME_SECONDS = ExtractorConfig().frame_seconds
 C1 = 24  # MIDI pitch of CQT bin 0
@@ -126,7 +126,7 @@ def test_plugs_into_evaluate(tunes):
 
 
 def test_the_pitch_features_fold_to_chroma_with_c_first():
-    from models.chroma_baseline import fold_notes_to_chroma
+    from models.training.chroma_baseline import fold_notes_to_chroma
 
     notes = torch.zeros(88, 5)
     notes[60 - 21, 0] = 1.0  # middle C
@@ -139,7 +139,7 @@ def test_the_pitch_features_fold_to_chroma_with_c_first():
 
 
 def test_pitch_2dftm_of_a_transposed_note_roll_stays_close():
-    from models.chroma_baseline import pitch_2dftm
+    from models.training.chroma_baseline import pitch_2dftm
 
     def roll(notes, transpose=0):  # basic-pitch-like (88, frames) note posteriors straight from a note list
         frames = int(round(40 / FRAME_SECONDS))

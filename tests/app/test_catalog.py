@@ -1,4 +1,7 @@
+import dataclasses
+import json
 import time
+import zipfile
 
 import numpy as np
 import pytest
@@ -163,3 +166,26 @@ def test_a_snapshot_newer_than_the_store_is_not_used(tmp_path):
         leftover.unlink()
     catalog, how = reopen(tmp_path, m=16)
     assert how == "rebuilt" and len(catalog.index) == 0
+
+
+def test_an_old_format_snapshot_is_rebuilt_from_the_store_with_the_sequences(tmp_path, make_store):
+    rng = np.random.default_rng(21)
+    sequence = rng.integers(0, 256, (12, 30), dtype=np.uint8)
+    catalog, _ = reopen(tmp_path, m=16, make_store=make_store)
+    catalog.ingest(dataclasses.replace(record("with-sequence", rng), sequence=sequence))
+    catalog.ingest(record("without", rng))
+    snapshot = tmp_path / "index.snapshot"
+    catalog.save_snapshot(snapshot)
+    # the same snapshot, as the previous format (2, no sequences) wrote it
+    old = tmp_path / "old.snapshot"
+    with zipfile.ZipFile(snapshot) as source, zipfile.ZipFile(old, "w") as target:
+        for name in source.namelist():
+            data = source.read(name)
+            if name == "header.json":
+                data = json.dumps({**json.loads(data), "format_version": 2}).encode()
+            target.writestr(name, data)
+    old.replace(snapshot)
+    reopened, how = reopen(tmp_path, m=16, make_store=make_store)
+    assert how == "rebuilt"
+    assert np.array_equal(reopened.sequences(["with-sequence"])[0], sequence)
+    assert reopened.sequences(["without", "gone"]) == [None, None]

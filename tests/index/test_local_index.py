@@ -447,3 +447,46 @@ def test_exhaustive_search_ranks_every_track_like_a_plain_loop():
         found = index.search_exhaustive(query, top_k=12, block_tracks=block)
         assert [m.track_id for m in found] == [t for _, t in expected]
         assert [m.score for m in found] == pytest.approx([s for s, _ in expected], abs=1e-5)
+
+
+def test_pitch_class_sequences_travel_with_their_tracks_and_through_a_snapshot(tmp_path):
+    rng = np.random.default_rng(13)
+    sequences = {name: rng.integers(0, 256, (12, n), dtype=np.uint8) for name, n in (("a", 40), ("b", 1), ("c", 75))}
+    index = LocalIndex(DIM)
+    index.add("a", unit_rows(rng, 2), sequence=sequences["a"])
+    index.add_many([("b", unit_rows(rng, 1), None, sequences["b"]), ("c", unit_rows(rng, 3), None, sequences["c"]),
+                    ("none", unit_rows(rng, 2), None)])
+    index.remove("a")
+    index.add("a", unit_rows(rng, 2), sequence=sequences["a"][:, ::-1])  # replaced: the new sequence counts
+    path = tmp_path / "local.idx"
+    index.save(path, model_id="m")
+    loaded = LocalIndex.load(path, expected_model_id="m", dim=DIM)
+    for source in (index, loaded):
+        assert np.array_equal(source.sequence("a"), sequences["a"][:, ::-1])
+        assert np.array_equal(source.sequence("b"), sequences["b"])
+        assert np.array_equal(source.sequence("c"), sequences["c"])
+        assert source.sequence("none") is None
+    with pytest.raises(ValueError, match="uint8"):
+        index.add("bad", unit_rows(rng, 1), sequence=np.zeros((11, 5), np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        index.add("bad", unit_rows(rng, 1), sequence=np.zeros((12, 5), np.float32))
+    assert not index.contains("bad")
+
+
+def test_a_snapshot_of_format_2_is_refused_by_version(tmp_path):
+    index = LocalIndex(DIM)
+    index.add("a", unit_rows(np.random.default_rng(14), 2))
+    path = tmp_path / "local.idx"
+    index.save(path, model_id="m")
+    old = tmp_path / "old.idx"
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(old, "w") as target:
+        for name in source.namelist():
+            if name.startswith("track_sequences") or name.startswith("sequence_offsets") \
+                    or name.startswith("track_has_sequence"):
+                continue  # what a format-2 snapshot lacks
+            data = source.read(name)
+            if name == "header.json":
+                data = json.dumps({**json.loads(data), "format_version": 2}).encode()
+            target.writestr(name, data)
+    with pytest.raises(SnapshotMismatch, match=f"format_version 2 != expected {FORMAT_VERSION}"):
+        LocalIndex.load(old, expected_model_id="m", dim=DIM)

@@ -63,7 +63,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
         network = ResNetIBN.from_config(config).eval()
     args.output.parent.mkdir(parents=True, exist_ok=True)
     stored = export_extractor(network, config, args.output)
-    print(f"wrote {args.output} (model_id {stored.model_id}, width {stored.width}, time_pool {stored.time_pool})")
+    shape = f"2DFTM head, patch {stored.patch_frames}, {stored.embedding_dim}-d" if stored.head == "2dftm" else \
+        f"width {stored.width}"
+    print(f"wrote {args.output} (model_id {stored.model_id}, {shape}, time_pool {stored.time_pool})")
     return 0
 
 

@@ -28,7 +28,7 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class AlignmentSettings:
-    embed_frames: int = 9  # frames stacked per recurrence (Serra 2009: m = 9 to 10)
+    embed_frames: int = 5  # frames stacked per recurrence (2 s at 2.4 frames/s; Serra 2009: 9 to 10 beats)
     kappa: float = 0.095  # share of nearest neighbours that recur
     gap_onset: float = 0.5  # penalty to open a disruption (Serra 2009: 5; 0.5, as Essentia, aligned real covers better here)
     gap_extension: float = 0.5  # penalty per further step of it (gamma_e)

@@ -15,10 +15,12 @@ system-test:
 
 install: $(VENV)/.installed
 
+# pip shows what it fetches (no --quiet): the first install downloads PyTorch, a few GB
 $(VENV)/.installed: pyproject.toml
+	@echo "== make: creating $(VENV) and installing coverid with its test tools (5 to 15 min the first time)"
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --progress-bar off --upgrade pip
+	$(PY) -m pip install --progress-bar off -e '.[test]'
 	touch $@
 
 # The service on the embedded store (SQLite in ./data), on http://127.0.0.1:8000.
@@ -32,6 +34,7 @@ run: system-run install
 	fi
 
 test: system-test install
+	@echo "== make: running the tests (about 10 min on 2 cores)"
 	$(PY) -m pytest -q
 
 bench: install

@@ -11,27 +11,15 @@ time of the artifact's `analyse` (CQT, pitch student, 2DFTM, sequence) on a clip
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-
 import numpy as np
 import torch
 
 from index.fusion import rerank
 from index.local_index import Match
 from models.extractor import load_extractor
+from extractor import median_ms  # benchmarks/extractor.py: the same timing rule
 
 TRACK_SECONDS = 210.0
-
-
-def median_ms(call, repeats: int) -> float:
-    call()  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        times.append(1000 * (time.perf_counter() - started))
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,3 +87,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def rewrite_snapshot(source: Path, target: Path, format_version: int, drop: tuple[str, ...] = ()) -> None:
+    """A copy of an index snapshot whose header claims another format version, without the members named in `drop`:
+    what an older (or newer) coverid would have written, for the tests that it is refused or rebuilt."""
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for name in old.namelist():
+            if name.startswith(drop):
+                continue
+            data = old.read(name)
+            if name == "header.json":
+                data = json.dumps({**json.loads(data), "format_version": format_version}).encode()
+            new.writestr(name, data)

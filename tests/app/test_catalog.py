@@ -1,7 +1,5 @@
 import dataclasses
-import json
 import time
-import zipfile
 
 import numpy as np
 import pytest
@@ -10,6 +8,7 @@ import redis
 from app.catalog import Catalog
 from app.store import RedisStore, SQLiteStore, TrackRecord
 from index.local_index import GRAPH_MEMBER
+from tests.conftest import rewrite_snapshot
 
 DIM = 16
 MODEL = "model-a"
@@ -178,12 +177,7 @@ def test_an_old_format_snapshot_is_rebuilt_from_the_store_with_the_sequences(tmp
     catalog.save_snapshot(snapshot)
     # the same snapshot, as the previous format (2, no sequences) wrote it
     old = tmp_path / "old.snapshot"
-    with zipfile.ZipFile(snapshot) as source, zipfile.ZipFile(old, "w") as target:
-        for name in source.namelist():
-            data = source.read(name)
-            if name == "header.json":
-                data = json.dumps({**json.loads(data), "format_version": 2}).encode()
-            target.writestr(name, data)
+    rewrite_snapshot(snapshot, old, format_version=2)
     old.replace(snapshot)
     reopened, how = reopen(tmp_path, m=16, make_store=make_store)
     assert how == "rebuilt"

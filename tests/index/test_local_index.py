@@ -1,7 +1,5 @@
-import json
 import threading
 import time
-import zipfile
 
 import numpy as np
 import pytest
@@ -17,6 +15,7 @@ from index.local_index import (
     read_header,
 )
 from index.maxmean import maxmean
+from tests.conftest import rewrite_snapshot
 from index.rwlock import RWLock
 
 DIM = 32
@@ -254,12 +253,7 @@ def test_snapshot_of_another_format_version_or_no_snapshot_is_refused(tmp_path):
     path = tmp_path / "local.idx"
     index.save(path, model_id="m")
     future = tmp_path / "future.idx"
-    with zipfile.ZipFile(path) as source, zipfile.ZipFile(future, "w") as target:
-        for name in source.namelist():
-            data = source.read(name)
-            if name == "header.json":
-                data = json.dumps({**json.loads(data), "format_version": 99}).encode()
-            target.writestr(name, data)
+    rewrite_snapshot(path, future, format_version=99)
     with pytest.raises(SnapshotMismatch, match=f"format_version 99 != expected {FORMAT_VERSION}"):
         LocalIndex.load(future, expected_model_id="m", dim=DIM)
     junk = tmp_path / "junk.idx"
@@ -478,15 +472,7 @@ def test_a_snapshot_of_format_2_is_refused_by_version(tmp_path):
     index.add("a", unit_rows(np.random.default_rng(14), 2))
     path = tmp_path / "local.idx"
     index.save(path, model_id="m")
-    old = tmp_path / "old.idx"
-    with zipfile.ZipFile(path) as source, zipfile.ZipFile(old, "w") as target:
-        for name in source.namelist():
-            if name.startswith("track_sequences") or name.startswith("sequence_offsets") \
-                    or name.startswith("track_has_sequence"):
-                continue  # what a format-2 snapshot lacks
-            data = source.read(name)
-            if name == "header.json":
-                data = json.dumps({**json.loads(data), "format_version": 2}).encode()
-            target.writestr(name, data)
+    old = tmp_path / "old.idx"  # what format 2 wrote: no sequences
+    rewrite_snapshot(path, old, format_version=2, drop=("track_sequences", "sequence_offsets", "track_has_sequence"))
     with pytest.raises(SnapshotMismatch, match=f"format_version 2 != expected {FORMAT_VERSION}"):
         LocalIndex.load(old, expected_model_id="m", dim=DIM)

@@ -41,11 +41,12 @@ from synthetic import EmbeddingShape, Sampler, add_in_batches, queries
 RATE = 22050
 
 
-def fill(data_dir: Path, tracks: int, args: argparse.Namespace, model_id: str, sampler: Sampler
-         ) -> tuple[LocalIndex, list[np.ndarray], float]:
+def fill(data_dir: Path, tracks: int, args: argparse.Namespace, model_id: str, sampler: Sampler,
+         sequence_seconds: float = 0.0) -> tuple[LocalIndex, list[np.ndarray], float]:
     """Insert synthetic tracks through store + index, as POST /catalog/batch does (1,000 per store write).
 
-    Returns the index, each work's content (queries are made from it) and tracks per second.
+    Returns the index, each work's content (queries are made from it) and tracks per second. With
+    `sequence_seconds` (the artifact's stage-3 frame period) every track also gets a random pitch-class sequence.
     """
     store = SQLiteStore(data_dir)
     catalog, _ = Catalog.open(store, model_id, sampler.dim, data_dir / "index.snapshot")
@@ -54,9 +55,13 @@ def fill(data_dir: Path, tracks: int, args: argparse.Namespace, model_id: str, s
     starts = (np.arange(args.chunks) * 10.0).astype(np.float32)
     duration_s = 10.0 * args.chunks + 10
     started = time.perf_counter()
+    # stage 3 aligns each candidate's pitch-class sequence: random ones cost what real ones do
+    frames = int(duration_s / sequence_seconds) if sequence_seconds else 0
+    rng = np.random.default_rng(tracks)
     contents = add_in_batches(
         catalog.ingest_many,
-        lambda track_id, vectors: TrackRecord(track_id, None, None, {}, duration_s, model_id, time.time(), vectors, starts),
+        lambda track_id, vectors: TrackRecord(track_id, None, None, {}, duration_s, model_id, time.time(), vectors, starts,
+                                              rng.integers(0, 256, (12, frames), dtype=np.uint8) if frames else None),
         tracks, args.versions, args.chunks, sampler, args.correlation,
     )
     rate = tracks / (time.perf_counter() - started)
@@ -129,7 +134,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory(dir=".") as tmp:
             data_dir = Path(tmp)
             sampler = Sampler(shape, np.random.default_rng(tracks))
-            index, contents, fill_rate = fill(data_dir, tracks, args, model_id, sampler)
+            stage3 = extractor.stage3 is not None
+            index, contents, fill_rate = fill(data_dir, tracks, args, model_id, sampler,
+                                              extractor.config.sequence_frame_seconds if stage3 else 0.0)
             asked = queries(contents, args.queries, args.chunks, args.query_chunks, sampler, args.correlation)
             settings = [(args.k, args.ef)] + [tuple(int(v) for v in pair.split(":")) for pair in args.sweep]
             compare, *others = sweep(index, asked, settings)

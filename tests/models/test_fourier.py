@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -89,3 +91,27 @@ def test_pitch_sequence_is_uint8_pitch_classes_at_the_sequence_rate():
     assert (sequence[1] == 255).all() and sequence[[0, *range(2, 12)]].sum() == 0
     scripted = torch.jit.script(Extractor(CONFIG))
     assert torch.equal(scripted.frontend.pitch_sequence(features), sequence)
+
+
+SHIPPED = Path(__file__).resolve().parents[2] / "models" / "weights"
+
+
+def test_the_shipped_artifact_carries_the_committed_student_and_matches_the_eager_pipeline():
+    from models.pitch_student import load_student
+
+    loaded = load_extractor(SHIPPED / "extractor.pt", "cpu", expect={"head": "2dftm", "features": "student"})
+    student = load_student(SHIPPED / "pitch_student" / "pitch_student.pt")
+    assert loaded.config.pitch_student_id == student.weights_id
+    scripted = {k: v for k, v in loaded.module.frontend.features.student.state_dict().items()}
+    assert scripted.keys() == student.state_dict().keys()
+    assert all(torch.equal(scripted[k], v) for k, v in student.state_dict().items())
+    # the same audio through the artifact and through the eager modules built from the same parts
+    eager = Extractor(loaded.config)
+    eager.network.set_projection(loaded.module.network.mean, loaded.module.network.projection)
+    t = torch.arange(22050 * 25) / 22050
+    waveform = 0.3 * torch.sin(2 * torch.pi * 440.0 * t) + 0.2 * torch.sin(2 * torch.pi * 659.3 * t) * (t > 12)
+    vectors, starts, sequence = loaded.module.analyse(waveform)
+    eager_vectors, eager_starts, eager_sequence = eager.analyse(waveform)
+    assert torch.allclose(vectors, eager_vectors, atol=1e-4) and torch.equal(starts, eager_starts)
+    assert torch.equal(sequence, eager_sequence)
+    assert loaded.stage3 is not None and loaded.stage3[0].top_n > 0

@@ -238,7 +238,8 @@ def _load_snapshot(path: Path, store: CatalogStore, model_id: str, settings: Ind
 
     M is fixed when a graph is built, so a changed M setting takes effect by rebuilding from the store.
     A snapshot newer than the store (the store was emptied or replaced) is not used. One that cannot be
-    read at all (damaged, truncated, not a file) is logged and moved aside for inspection: start-up then
+    read at all (damaged, truncated, not a regular file: a directory, or a named pipe, which
+    read_header refuses without opening it) is logged and moved aside for inspection: start-up then
     rebuilds from the store instead of failing.
     """
     if not os.path.lexists(path):

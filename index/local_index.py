@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import tempfile
 import time
 import zipfile
@@ -449,25 +450,26 @@ class LocalIndex:
 
         k_neighbours and ef_search default to the snapshot's; ef is set to max(ef_search, k_neighbours).
         """
-        header = read_header(path)
-        if header.dim != dim:
-            raise SnapshotMismatch(f"snapshot dim {header.dim} != expected {dim}")
-        if header.model_id != expected_model_id:
-            raise SnapshotMismatch(f"snapshot model_id {header.model_id!r} != expected {expected_model_id!r}")
-        index = cls(
-            dim,
-            header.k_neighbours if k_neighbours is None else k_neighbours,
-            header.m,
-            header.ef_construction,
-            header.ef_search if ef_search is None else ef_search,
-            initial_capacity=1,  # _restore sets the real capacity
-        )
-        with zipfile.ZipFile(path) as archive, tempfile.TemporaryDirectory() as scratch:
-            arrays = {name[:-4]: _read_array(archive, name) for name in archive.namelist() if name.endswith(".npy")}
-            graph = Path(scratch) / GRAPH_MEMBER
-            with archive.open(GRAPH_MEMBER) as source, open(graph, "wb") as target:
-                shutil.copyfileobj(source, target)
-            index._restore(header, arrays, graph)
+        with _open_regular(path) as file, _zip(file, path) as archive:  # one open: header and arrays agree
+            header = _archive_header(archive, path)
+            if header.dim != dim:
+                raise SnapshotMismatch(f"snapshot dim {header.dim} != expected {dim}")
+            if header.model_id != expected_model_id:
+                raise SnapshotMismatch(f"snapshot model_id {header.model_id!r} != expected {expected_model_id!r}")
+            index = cls(
+                dim,
+                header.k_neighbours if k_neighbours is None else k_neighbours,
+                header.m,
+                header.ef_construction,
+                header.ef_search if ef_search is None else ef_search,
+                initial_capacity=1,  # _restore sets the real capacity
+            )
+            with tempfile.TemporaryDirectory() as scratch:
+                arrays = {name[:-4]: _read_array(archive, name) for name in archive.namelist() if name.endswith(".npy")}
+                graph = Path(scratch) / GRAPH_MEMBER
+                with archive.open(GRAPH_MEMBER) as source, open(graph, "wb") as target:
+                    shutil.copyfileobj(source, target)
+                index._restore(header, arrays, graph)
         return index
 
     def _restore(self, header: SnapshotHeader, arrays: dict[str, np.ndarray], graph: Path) -> None:
@@ -504,10 +506,49 @@ class LocalIndex:
 
 def read_header(path: PathLike) -> SnapshotHeader:
     """The snapshot's header alone (the arrays stay on disk), e.g. to compare vector_count with a store."""
+    with _open_regular(path) as file, _zip(file, path) as archive:
+        return _archive_header(archive, path)
+
+
+def _open_regular(path: PathLike):
+    """The file at path opened for binary reading, if it is a regular file (not followed through a link).
+
+    Anything else is refused with SnapshotMismatch before it is opened: opening a named pipe for reading
+    blocks until some writer opens it (start-up would hang, deaf to SIGTERM), and a device or directory
+    is no snapshot either. O_NONBLOCK and the fstat after opening cover a swap between the check and the open.
+    """
+    mode = os.lstat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise SnapshotMismatch(f"{os.fspath(path)} is not a regular file ({_file_kind(mode)}), so not a snapshot")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     try:
-        with zipfile.ZipFile(path) as archive:
-            fields = json.loads(archive.read(HEADER_MEMBER))
-    except (zipfile.BadZipFile, KeyError) as error:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise SnapshotMismatch(f"{os.fspath(path)} is not a regular file ({_file_kind(mode)}), so not a snapshot")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _zip(file, path: PathLike) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(file)
+    except zipfile.BadZipFile as error:
+        raise SnapshotMismatch(f"{os.fspath(path)} is not a {FORMAT} snapshot: {error}") from error
+
+
+def _file_kind(mode: int) -> str:
+    kinds = {stat.S_ISDIR: "a directory", stat.S_ISFIFO: "a named pipe", stat.S_ISLNK: "a symbolic link",
+             stat.S_ISSOCK: "a socket", stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device"}
+    return next((kind for test, kind in kinds.items() if test(mode)), "not a regular file")
+
+
+def _archive_header(archive: zipfile.ZipFile, path: PathLike) -> SnapshotHeader:
+    try:
+        fields = json.loads(archive.read(HEADER_MEMBER))
+    except KeyError as error:
         raise SnapshotMismatch(f"{os.fspath(path)} is not a {FORMAT} snapshot: {error}") from error
     if fields.get("format") != FORMAT:
         raise SnapshotMismatch(f"snapshot format {fields.get('format')!r} != expected {FORMAT!r}")

@@ -183,3 +183,30 @@ def test_an_old_format_snapshot_is_rebuilt_from_the_store_with_the_sequences(tmp
     assert how == "rebuilt"
     assert np.array_equal(reopened.sequences(["with-sequence"])[0], sequence)
     assert reopened.sequences(["without", "gone"]) == [None, None]
+
+
+def test_a_named_pipe_at_the_snapshot_path_is_moved_aside_and_the_index_rebuilt(tmp_path, caplog):
+    """Opening a FIFO for reading blocks until a writer comes: start-up must not wait for one."""
+    import os
+    import threading
+
+    query = saved_catalogue(tmp_path)
+    snapshot = tmp_path / "index.snapshot"
+    snapshot.unlink()
+    os.mkfifo(snapshot)
+    opened: list = []
+    with caplog.at_level("WARNING", logger="coverid.catalog"):
+        worker = threading.Thread(target=lambda: opened.append(reopen(tmp_path, m=16)), daemon=True)
+        worker.start()
+        worker.join(timeout=20)
+        if worker.is_alive():  # blocked in open(): give it a writer, so that the thread ends, and fail
+            os.close(os.open(snapshot, os.O_WRONLY | os.O_NONBLOCK))
+            worker.join(timeout=20)
+            pytest.fail("Catalog.open blocked on a named pipe at the snapshot path")
+    catalog, how = opened[0]
+    assert how == "rebuilt"
+    assert sorted(catalog.index.track_ids()) == [f"t{i}" for i in range(5)]
+    assert catalog.index.search(query, top_k=1)[0].track_id == "t3"
+    assert not os.path.lexists(snapshot)
+    kept = list(tmp_path.glob("index.snapshot.damaged-*"))
+    assert len(kept) == 1 and "cannot be loaded" in caplog.text and "not a regular file" in caplog.text

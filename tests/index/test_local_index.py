@@ -262,6 +262,42 @@ def test_snapshot_of_another_format_version_or_no_snapshot_is_refused(tmp_path):
         read_header(junk)
 
 
+def test_only_a_regular_file_is_opened_as_a_snapshot(tmp_path):
+    """A named pipe would block the reader until a writer came; a directory or a link is no snapshot either."""
+    import os
+
+    rng = np.random.default_rng(12)
+    index = LocalIndex(DIM)
+    index.add("a", unit_rows(rng, 2))
+    real = tmp_path / "real.idx"
+    index.save(real, model_id="m")
+    pipe, directory, link = tmp_path / "pipe.idx", tmp_path / "dir.idx", tmp_path / "link.idx"
+    os.mkfifo(pipe)
+    directory.mkdir()
+    link.symlink_to(real)
+    errors: list = []
+
+    def read_all():
+        for path, kind in [(pipe, "a named pipe"), (directory, "a directory"), (link, "a symbolic link")]:
+            for read in (read_header, lambda p: LocalIndex.load(p, expected_model_id="m", dim=DIM)):
+                try:
+                    read(path)
+                    errors.append(f"{path.name} was read")
+                except SnapshotMismatch as error:
+                    if f"not a regular file ({kind})" not in str(error):
+                        errors.append(str(error))
+
+    worker = threading.Thread(target=read_all, daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    while worker.is_alive():  # blocked opening the pipe: give it a writer so that the thread ends, and fail
+        os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(timeout=1)
+        errors.append("blocked opening a named pipe")
+    assert errors == []
+    assert LocalIndex.load(real, expected_model_id="m", dim=DIM).track_ids() == ["a"]
+
+
 def test_ef_is_at_least_k_also_after_load(tmp_path):
     rng = np.random.default_rng(13)
     index = LocalIndex(DIM, k_neighbours=80, ef_search=20)

@@ -30,6 +30,7 @@ MIN_SOURCE_RATE = 4_000  # below this no CQT bin up to ~4 kHz can exist
 MAX_SOURCE_RATE = 384_000
 SILENCE_PEAK = 10 ** (-70 / 20)  # a peak under -70 dBFS is treated as silence
 MIN_SECONDS = 0.5  # shortest audio the front end accepts
+HEADROOM = 2.0**-8  # scale of the mono signal while it is resampled (a power of two: undone exactly)
 
 
 class AudioError(ValueError):
@@ -59,11 +60,20 @@ def decode_audio(
     def take(rate: int, block: np.ndarray) -> None:
         nonlocal resampler, peak
         frames = torch.from_numpy(block)
-        # torch's reductions, not numpy's: numpy's strided mean over channels costs ~20 ms per 30 s
-        mono = frames[:, 0].contiguous() if frames.shape[1] == 1 else frames.mean(dim=1)
+        # torch's reductions, not numpy's: numpy's strided mean over channels costs ~20 ms per 30 s. Float files
+        # hold up to 3.4e38 per channel: where the float32 sum of the channels overflows, they are mixed again in
+        # float64 (float64 every time would double the cost of the mix). The mono signal is resampled at
+        # HEADROOM's scale: the resampling kernel's overshoot would pass float32's range too.
+        if frames.shape[1] == 1:
+            mono = frames[:, 0] * HEADROOM
+        else:
+            mono = frames.mean(dim=1)
+            if not bool(torch.isfinite(mono).all()):
+                mono = frames.mean(dim=1, dtype=torch.float64).float()  # finite where every sample is
+            mono.mul_(HEADROOM)
         if not bool(torch.isfinite(mono).all()):  # NaN and inf survive the channel mean
             raise AudioError("non_finite", "the audio contains NaN or infinite samples; re-export it from the source")
-        peak = max(peak, float(mono.abs().max()))
+        peak = max(peak, float(mono.abs().max()) / HEADROOM)
         resampler = resampler or StreamingResampler(rate, sample_rate)
         pieces.append(resampler.push(mono))
 
@@ -77,9 +87,9 @@ def decode_audio(
         raise AudioError("silent", "the audio is silent (peak under -70 dBFS); upload a recording with music in it")
     pieces.append(resampler.finish())
     out = torch.cat(pieces)
-    if peak > 1.0:  # float files hold any finite value; the model ignores level, and 1e25 would overflow the CQT
-        out = out / peak
-    return out
+    # float files hold any finite value: past full scale the audio is scaled to a peak of 1 (the model ignores
+    # level, and 1e25 would overflow the CQT); HEADROOM is undone in the same division, exactly (a power of two)
+    return out / (max(peak, 1.0) * HEADROOM)
 
 
 DECODE_BLOCK_FRAMES = 2**16  # source frames read, mixed down and resampled at a time

@@ -1,3 +1,4 @@
+import io
 import struct
 
 import numpy as np
@@ -160,6 +161,24 @@ def test_float_audio_with_huge_finite_samples_is_scaled_not_overflowed(narrow_ar
     extractor = load_extractor(narrow_artifact[0], "cpu")
     embeddings = extractor.embed_waveform(extractor.decode(huge))
     assert torch.isfinite(embeddings.vectors).all()
+
+
+@pytest.mark.parametrize("subtype", ["FLOAT", "DOUBLE"])
+@pytest.mark.parametrize("rate", [SAMPLE_RATE, 44100])
+@pytest.mark.parametrize("shape", ["sine", "square"])
+def test_loud_stereo_float_audio_is_mixed_down_without_overflow(subtype, rate, shape):
+    """Two channels at +-3e38 add up past float32's largest value (3.4e38): the mix-down must not make inf."""
+    sine = tone(440.0, 3.0, rate).astype(np.float64)
+    wave = sine / np.abs(sine).max() if shape == "sine" else np.sign(sine)
+    stereo = np.stack([wave, 0.9 * wave], axis=1)
+    loud = encode(stereo * 3e38, rate, "WAV", subtype)
+    assert sf.read(io.BytesIO(loud), dtype="float64")[0].max() == pytest.approx(3e38, rel=1e-6)
+    waveform = decode_audio(loud, SAMPLE_RATE)
+    assert torch.isfinite(waveform).all()
+    if rate == SAMPLE_RATE:  # scaled to full scale like any float audio past it (1e25 below); resampling may overshoot
+        assert float(waveform.abs().max()) == pytest.approx(1.0, rel=1e-6)
+    usual = decode_audio(encode(stereo * 1e25, rate, "WAV", subtype), SAMPLE_RATE)
+    assert torch.allclose(waveform, usual, atol=1e-5)
 
 
 def test_ordinary_levels_are_left_alone():

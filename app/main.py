@@ -29,7 +29,7 @@ from app.metrics import (CATALOG_TRACKS, GPU_MEMORY, INDEX_VECTORS, INGESTED_AUD
 from app.pipeline import Admission, ClipDurationError, Embedder, Overloaded, identify, ingest, make_record
 from app.settings import Settings, get_settings
 from app.store import StoreError, StoreFull, StoreUnavailable, TrackExists, TrackRecord, open_store
-from app.store.base import MAX_PAGE_END, METADATA_TOO_DEEP, metadata_json
+from app.store.base import MAX_PAGE_END, METADATA_LONG_INTEGER, METADATA_TOO_DEEP, metadata_json
 from models.audio import AudioError
 from models.extractor import load_extractor
 
@@ -307,8 +307,8 @@ def _metadata(text: Optional[str]) -> dict:
         raise HTTPException(422, f"metadata must be a JSON object: {err.msg} at position {err.pos}") from None
     except RecursionError:  # far deeper than the store's limit: the same answer
         raise HTTPException(422, METADATA_TOO_DEEP) from None
-    except ValueError as err:  # an integer past Python's digit limit: no JSON reader would round-trip it
-        raise HTTPException(422, f"metadata holds a number that cannot be stored: {err}") from None
+    except ValueError:  # an integer past Python's digit limit (the only ValueError left)
+        raise HTTPException(422, METADATA_LONG_INTEGER) from None
     if not isinstance(value, dict):
         raise HTTPException(422, f"metadata must be a JSON object, not {type(value).__name__}")
     try:

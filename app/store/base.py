@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import re
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from dataclasses import replace as with_fields
@@ -34,6 +35,10 @@ MAX_SEQUENCE_FRAMES = 1_000_000  # days of audio at a few frames per second; bou
 # pydantic refuses to serialise a response (about 250), so a stored track can always be read back.
 MAX_METADATA_DEPTH = 32
 METADATA_TOO_DEEP = f"metadata nests more than {MAX_METADATA_DEPTH} objects or lists deep; flatten it"
+# Python reads and writes integers of at most this many digits (sys.get_int_max_str_digits); past it its own
+# message tells a programmer to reconfigure Python, which a user of the service cannot do.
+METADATA_LONG_INTEGER = (f"metadata holds an integer longer than {sys.get_int_max_str_digits()} digits, too long to "
+                         "store as a number; send it as a string (in quotes) instead")
 # What json.loads makes of an unpaired escape such as "\ud800": a Python string holds it, but UTF-8 cannot,
 # so neither a store nor an HTTP answer can carry it.
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -169,10 +174,29 @@ def metadata_json(metadata: Any) -> str:
         # not ASCII-escaped: a lone surrogate in a key or a value would come out as a harmless-looking escape
         text = json.dumps(metadata, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as err:
+        if _holds_long_integer(metadata):
+            raise ValueError(METADATA_LONG_INTEGER) from None
         raise ValueError(f"metadata must be standard JSON (strings, finite numbers, booleans, null, lists, "
                          f"objects): {err}") from None
     _check_text("metadata", text)
     return text
+
+
+def _holds_long_integer(value: Any) -> bool:
+    """Whether an integer past Python's digit limit sits somewhere in value (already no deeper than the limit)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, int):
+            try:
+                str(item)
+            except ValueError:
+                return True
+    return False
 
 
 def _nesting_depth(value: Any) -> int:

@@ -119,6 +119,11 @@ def test_bad_input_gets_a_clear_4xx_and_loses_nothing(service, tracks):
         for response, status in checks:
             assert response.status_code == status, (status, response.status_code, response.text)
             assert response.json().get("detail")
+        # an integer past Python's digit limit: what to do about it, not how to reconfigure Python
+        long_integer = add(client, tracks["tune-1"], metadata='{"n": 1' + "0" * 5000 + "}")
+        assert long_integer.status_code == 422
+        detail = long_integer.json()["detail"]
+        assert "as a string" in detail and "set_int_max_str_digits" not in detail and "sys." not in detail, detail
 
         def chunked():  # no Content-Length: the limit holds while streaming
             yield b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'

@@ -433,6 +433,7 @@ INVALID = {
     "metadata not JSON": dict(metadata={"when": object()}),
     "NaN in metadata": dict(metadata={"bpm": float("nan")}),
     "metadata nested too deep": dict(metadata=_nested(MAX_METADATA_DEPTH + 1)),
+    "metadata integer too long": dict(metadata={"n": 10**5000}),
     "NaN duration": dict(duration_s=float("nan")),
     "empty track id": dict(track_id=""),
     "sequence float32": dict(sequence=make_sequence(4).astype(np.float32)),
@@ -455,6 +456,19 @@ def test_invalid_record_is_refused_before_any_write(store, fields):
             store.put(record, replace=replace)
     assert store.get(record.track_id) is None
     assert (store.count(), store.vector_count(), store.model_ids()) == (1, 2, {"m1"})
+
+
+def test_an_integer_past_pythons_digit_limit_is_refused_saying_what_to_do():
+    """json.dumps cannot write it; Python's own message tells a programmer to call sys.set_int_max_str_digits()."""
+    from app.store.base import metadata_json
+
+    for metadata in ({"n": 10**5000}, {"tags": [1, {"n": -(10**5000)}]}):
+        with pytest.raises(ValueError) as refused:
+            metadata_json(metadata)
+        message = str(refused.value)
+        assert "set_int_max_str_digits" not in message and "sys." not in message
+        assert "as a string" in message and "digits" in message
+    assert metadata_json({"n": 10**4000}) == '{"n":1' + "0" * 4000 + "}"
 
 
 # a lone surrogate is what json.loads makes of the escape "\\ud800": Python holds it, but no UTF-8 writer can

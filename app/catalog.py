@@ -19,12 +19,15 @@ import time
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from app.store import CatalogStore, StoreError, StoreUnavailable, TrackRecord
 from index.local_index import LocalIndex, Match, UnknownTrack, read_header
+
+if TYPE_CHECKING:
+    from app.settings import Settings
 
 
 REBUILD_BATCH = 512  # tracks per index insert when rebuilding from the store
@@ -41,10 +44,16 @@ class CatalogBehind(RuntimeError):
 
 @dataclass(frozen=True)
 class IndexSettings:
+    """How the index is built and searched: the service's Settings for a model's embedding size."""
+
     dim: int
     k_neighbours: int
     ef_search: int
     m: int
+
+    @classmethod
+    def of(cls, settings: "Settings", dim: int) -> "IndexSettings":
+        return cls(dim, settings.k_neighbours, settings.ef_search, settings.hnsw_m)
 
 
 class Catalog:
@@ -56,7 +65,7 @@ class Catalog:
     """
 
     def __init__(self, store: CatalogStore, index: LocalIndex, model_id: str, settings: IndexSettings,
-                 store_retry_s: float = 5.0, generation: int = 0):
+                 store_retry_s: float, generation: int = 0):
         self.store = store
         self.index = index
         self.model_id = model_id
@@ -71,14 +80,13 @@ class Catalog:
         cls,
         store: CatalogStore,
         model_id: str,
-        dim: int,
         snapshot: Path,
-        k_neighbours: int = 50,
-        ef_search: int = 100,
-        m: int = 16,
-        store_retry_s: float = 5.0,
+        settings: IndexSettings,
+        store_retry_s: float,
     ) -> tuple["Catalog", str]:
         """Open over `store`; returns the catalogue and how its index was built ("snapshot" or "rebuilt").
+
+        `settings` and `store_retry_s` come from the service's Settings (IndexSettings.of, retry_after_s).
 
         A snapshot is trusted only as of the store generation it records: the changes made since are
         replayed from the store's log, and when the log no longer reaches back that far the index is rebuilt.
@@ -89,7 +97,6 @@ class Catalog:
                 f"the catalogue holds embeddings of model(s) {foreign}, but the loaded extractor is {model_id!r}; "
                 "re-embed the catalogue with this model or load the model that built it"
             )
-        settings = IndexSettings(dim, k_neighbours, ef_search, m)
         loaded = _load_snapshot(snapshot, store, model_id, settings)
         if loaded is not None:
             catalog = cls(store, loaded[0], model_id, settings, store_retry_s, generation=loaded[1])

@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.routing import Match
 
 from app import schemas
-from app.catalog import Catalog
+from app.catalog import Catalog, IndexSettings
 from app.limits import UNAUTHORISED, AdmitBeforeBody, BodyLimit, KeyBeforeBody, RequestMetrics
 from app.metrics import (CATALOG_TRACKS, GPU_MEMORY, INDEX_VECTORS, INGESTED_AUDIO_SECONDS, INGESTED_TRACKS,
                          MODEL_INFO, READY, STORE_UP)
@@ -44,8 +44,8 @@ async def lifespan(app: FastAPI):
     logging.basicConfig(level=settings.log_level.upper())
     extractor = load_extractor(settings.model_path, settings.device)
     store = open_store(settings.data_dir, settings.redis_url, settings.store_timeout_s)
-    catalog, how = Catalog.open(store, extractor.model_id, extractor.config.embedding_dim, settings.snapshot_path,
-                                settings.k_neighbours, settings.ef_search, settings.hnsw_m, settings.retry_after_s)
+    catalog, how = Catalog.open(store, extractor.model_id, settings.snapshot_path,
+                                IndexSettings.of(settings, extractor.config.embedding_dim), settings.retry_after_s)
     log.info("model %s on %s; %d tracks, index %s", extractor.model_id, extractor.device, store.count(), how)
     app.state.embedder = Embedder(extractor, settings.queue_size, settings.queue_wait_s, settings.stage3_top_n)
     app.state.catalog = catalog

@@ -13,6 +13,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
+from index.defaults import EF_SEARCH, HNSW_M, K_NEIGHBOURS
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_MODEL = REPO_ROOT / "models" / "weights" / "extractor.pt"
 
@@ -32,12 +34,10 @@ class Settings(BaseSettings):
                                    "for Redis, one lock for SQLite): a frozen store costs a request at most this")
     retry_after_s: int = Field(5, ge=1, le=3600, description="Retry-After of a 503; how long /identify then "
                                "answers from memory without asking the store")
-    # retrieval (ByteCover3 section 2.3)
-    # Measured at 100k tracks (BENCHMARKS.md): the paper's K = 50 loses recall even with exact neighbours,
-    # and M 16 loses it in the graph; K 200, ef 400, M 32 reach recall@10 0.994 at 99x all-pairs speed
-    k_neighbours: int = Field(200, ge=1, le=1000, description="HNSW neighbours per query chunk")
-    ef_search: int = Field(400, ge=1, description="HNSW beam width; raised to k_neighbours when lower")
-    hnsw_m: int = Field(32, ge=4, le=128, description="HNSW links per node; fixed when the index is built")
+    # retrieval (ByteCover3 section 2.3); the defaults and their measurement: index/defaults.py
+    k_neighbours: int = Field(K_NEIGHBOURS, ge=1, le=1000, description="HNSW neighbours per query chunk")
+    ef_search: int = Field(EF_SEARCH, ge=1, description="HNSW beam width; raised to k_neighbours when lower")
+    hnsw_m: int = Field(HNSW_M, ge=4, le=128, description="HNSW links per node; fixed when the index is built")
     max_top_k: int = Field(200, ge=1)
     # stage 3: stage-2 candidates aligned per query; unset: the artifact's (models/weights/MODEL_CARD.md), 0: off
     stage3_top_n: Optional[int] = Field(None, ge=0, le=10000, description="candidates aligned per query (stage 3)")

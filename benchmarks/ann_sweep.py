@@ -18,6 +18,7 @@ import time
 import numpy as np
 from synthetic import EmbeddingShape, Sampler, add_in_batches, queries
 
+from index.defaults import EF_CONSTRUCTION, EF_SEARCH, HNSW_M, K_NEIGHBOURS
 from index.local_index import LocalIndex
 
 
@@ -66,10 +67,10 @@ def main() -> None:
     parser.add_argument("--correlation", type=float, default=0.75,
                         help="of a version's (and a query's) deviation with its work's content")
     parser.add_argument("--shape", nargs="+", choices=["model", "isotropic"], default=["model"])
-    parser.add_argument("--m", type=int, nargs="+", default=[32])
-    parser.add_argument("--ef-construction", type=int, nargs="+", default=[200])
-    parser.add_argument("--k", type=int, nargs="+", default=[200])
-    parser.add_argument("--ef", type=int, nargs="+", default=[400])
+    parser.add_argument("--m", type=int, nargs="+", default=[HNSW_M])  # defaults: the service's (index/defaults.py)
+    parser.add_argument("--ef-construction", type=int, nargs="+", default=[EF_CONSTRUCTION])
+    parser.add_argument("--k", type=int, nargs="+", default=[K_NEIGHBOURS])
+    parser.add_argument("--ef", type=int, nargs="+", default=[EF_SEARCH])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     print(f"# {args.tracks} tracks x {args.chunks} chunks, works of {args.versions}, {args.queries} queries of "

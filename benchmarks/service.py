@@ -30,8 +30,10 @@ import httpx
 import numpy as np
 import soundfile as sf
 
-from app.catalog import Catalog
+from app.catalog import Catalog, IndexSettings
+from app.settings import Settings
 from app.store import SQLiteStore, TrackRecord
+from index.defaults import EF_CONSTRUCTION, EF_SEARCH, HNSW_M, K_NEIGHBOURS
 from index.local_index import LocalIndex
 from models.extractor import load_extractor
 from models.training.synth import random_tune, render_notes
@@ -49,7 +51,8 @@ def fill(data_dir: Path, tracks: int, args: argparse.Namespace, model_id: str, s
     `sequence_seconds` (the artifact's stage-3 frame period) every track also gets a random pitch-class sequence.
     """
     store = SQLiteStore(data_dir)
-    catalog, _ = Catalog.open(store, model_id, sampler.dim, data_dir / "index.snapshot")
+    catalog, _ = Catalog.open(store, model_id, data_dir / "index.snapshot",
+                              IndexSettings(sampler.dim, args.k, args.ef, args.m), Settings().retry_after_s)
     catalog.index = LocalIndex(sampler.dim, k_neighbours=args.k, m=args.m, ef_construction=args.ef_construction,
                                ef_search=args.ef, initial_capacity=tracks * args.chunks + 1024)
     starts = (np.arange(args.chunks) * 10.0).astype(np.float32)
@@ -108,11 +111,11 @@ def main() -> None:
                         help="of a version's (and a query's) deviation with its work's content")
     parser.add_argument("--shape", choices=["model", "isotropic"], default="model",
                         help="of the synthetic embeddings (see synthetic.py)")
-    # defaults: the service's (app/settings.py)
-    parser.add_argument("--k", type=int, default=200, help="HNSW neighbours per query chunk")
-    parser.add_argument("--ef", type=int, default=400, help="HNSW query beam")
-    parser.add_argument("--m", type=int, default=32, help="HNSW links per node")
-    parser.add_argument("--ef-construction", type=int, default=200)
+    # defaults: the service's (index/defaults.py)
+    parser.add_argument("--k", type=int, default=K_NEIGHBOURS, help="HNSW neighbours per query chunk")
+    parser.add_argument("--ef", type=int, default=EF_SEARCH, help="HNSW query beam")
+    parser.add_argument("--m", type=int, default=HNSW_M, help="HNSW links per node")
+    parser.add_argument("--ef-construction", type=int, default=EF_CONSTRUCTION)
     parser.add_argument("--sweep", nargs="*", default=[], metavar="K:EF",
                         help="more (K, ef) pairs for the in-process comparison, e.g. 50:200 100:400")
     parser.add_argument("--model", type=Path, default=Path("models/weights/extractor.pt"))

@@ -32,6 +32,7 @@ import hnswlib
 import numpy as np
 import torch
 
+from index.defaults import EF_CONSTRUCTION, EF_SEARCH, HNSW_M, K_NEIGHBOURS
 from index.maxmean import maxmean_best_pair
 from index.rwlock import RWLock
 
@@ -100,12 +101,13 @@ class LocalIndex:
     def __init__(
         self,
         dim: int,
-        k_neighbours: int = 50,
-        m: int = 16,
-        ef_construction: int = 200,
-        ef_search: int = 100,
+        k_neighbours: int = K_NEIGHBOURS,
+        m: int = HNSW_M,
+        ef_construction: int = EF_CONSTRUCTION,
+        ef_search: int = EF_SEARCH,
         initial_capacity: int = 1024,
     ) -> None:
+        """Defaults as the service's settings' (index/defaults.py); the service passes its settings."""
         _check_positive(
             dim=dim, k_neighbours=k_neighbours, m=m, ef_construction=ef_construction,
             ef_search=ef_search, initial_capacity=initial_capacity,

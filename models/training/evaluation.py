@@ -35,6 +35,7 @@ from sklearn.metrics import average_precision_score
 from torch import Tensor
 
 from index.alignment import AlignmentSettings
+from index.defaults import K_NEIGHBOURS
 from index.fusion import FusionSettings, rerank
 from models.config import ExtractorConfig
 from models.frontend import shift_bins
@@ -180,6 +181,7 @@ def rank_of_first_relevant(scores, relevant) -> int:
 
 
 def _local_index(dim: int, k_neighbours: int) -> SearchIndex:
+    """The first stage with the service's default M and ef (index/defaults.py) and the evaluation's K."""
     # imported here so this module (and its tests with a fake index) load without hnswlib
     from index.local_index import LocalIndex
 
@@ -226,7 +228,7 @@ def evaluate(
     embed: Embed,
     recordings: Sequence[Recording],
     seed: int,
-    k_neighbours: int = 50,
+    k_neighbours: int = K_NEIGHBOURS,  # the service's (index/defaults.py)
     exhaustive: bool = True,
     index_factory: Optional[IndexFactory] = None,
     frame_seconds: Optional[float] = None,

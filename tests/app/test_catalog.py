@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import redis
 
-from app.catalog import Catalog
+from app.catalog import Catalog, IndexSettings
+from app.settings import Settings
 from app.store import RedisStore, SQLiteStore, TrackRecord
 from index.local_index import GRAPH_MEMBER
 from tests.conftest import rewrite_snapshot
@@ -21,7 +22,9 @@ def record(track_id: str, rng: np.random.Generator) -> TrackRecord:
 
 
 def reopen(data_dir, m: int, make_store=SQLiteStore) -> tuple[Catalog, str]:
-    return Catalog.open(make_store(data_dir), MODEL, DIM, data_dir / "index.snapshot", m=m)
+    settings = Settings(hnsw_m=m)  # the service's defaults otherwise
+    return Catalog.open(make_store(data_dir), MODEL, data_dir / "index.snapshot", IndexSettings.of(settings, DIM),
+                        settings.retry_after_s)
 
 
 @pytest.fixture(params=["sqlite", "redis"])

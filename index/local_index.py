@@ -32,6 +32,7 @@ import hnswlib
 import numpy as np
 import torch
 
+from index.common import replaced_atomically
 from index.defaults import EF_CONSTRUCTION, EF_SEARCH, HNSW_M, K_NEIGHBOURS
 from index.maxmean import maxmean_best_pair
 from index.rwlock import RWLock
@@ -562,32 +563,13 @@ def _archive_header(archive: zipfile.ZipFile, path: PathLike) -> SnapshotHeader:
 
 def _write_atomically(path: Path, header: SnapshotHeader, arrays: dict[str, np.ndarray], graph: Path) -> None:
     """A zip (stored, not compressed: embeddings do not compress) written beside path, then renamed over it."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            with zipfile.ZipFile(file, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-                archive.writestr(HEADER_MEMBER, json.dumps({"format": FORMAT, **asdict(header)}))
-                for name, array in arrays.items():
-                    with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
-                        np.save(member, array, allow_pickle=False)
-                archive.write(graph, GRAPH_MEMBER)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename itself durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with replaced_atomically(path, durable=True, mode=0o600) as file:
+        with zipfile.ZipFile(file, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+            archive.writestr(HEADER_MEMBER, json.dumps({"format": FORMAT, **asdict(header)}))
+            for name, array in arrays.items():
+                with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    np.save(member, array, allow_pickle=False)
+            archive.write(graph, GRAPH_MEMBER)
 
 
 def _read_array(archive: zipfile.ZipFile, name: str) -> np.ndarray:

@@ -28,7 +28,6 @@ the network only ever saw 2 s windows with their edges. One pass over a long sig
 different model, not the same one faster; see `BasicPitch.forward` for the windowing.
 """
 
-import hashlib
 import math
 import os
 from pathlib import Path
@@ -39,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from index import common
 from models.config import config_mismatches
 
 # -- the model's constants, each derived from the ones above it ---------------------------
@@ -338,11 +338,7 @@ class WeightFileError(ValueError):
 
 def state_dict_sha256(state_dict: Dict[str, Tensor]) -> str:
     """Content hash of the tensors (names, dtypes, shapes, values), independent of how the file is pickled."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(state_dict.items()):
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+    return common.state_dict_sha256(state_dict, with_layout=True)
 
 
 def load_basic_pitch(path: str | os.PathLike = DEFAULT_WEIGHTS, max_batch_windows: int = 16) -> BasicPitch:

@@ -9,7 +9,6 @@ for another model, say), and refuses a mismatch naming both values.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from index.alignment import AlignmentSettings
+from index.common import DeviceUnavailable, choose_device, replaced_atomically, state_dict_sha256
 from index.fusion import FusionSettings
 from models.audio import AudioSource, decode_audio
 from models.config import FORMAT_VERSION, ExtractorConfig, config_mismatches
@@ -74,11 +74,8 @@ class Extractor(nn.Module):
 
 
 def weights_digest(module: nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:12]
+    """The 12 hex digits of the weights' hash that a model_id ends with (tensors hashed in their own dtype)."""
+    return state_dict_sha256(module.state_dict())[:12]
 
 
 def export_extractor(network: nn.Module, config: ExtractorConfig, path: str | os.PathLike) -> ExtractorConfig:
@@ -98,9 +95,8 @@ def export_extractor(network: nn.Module, config: ExtractorConfig, path: str | os
     config = config.replace(model_id=f"{config.model_version}-{weights_digest(network)}")
     module = Extractor(config, network).cpu().eval()
     scripted = torch.jit.script(module)
-    tmp = f"{os.fspath(path)}.tmp"
-    torch.jit.save(scripted, tmp, _extra_files={CONFIG_FILE: config.to_json()})
-    os.replace(tmp, path)
+    with replaced_atomically(path) as file:
+        torch.jit.save(scripted, file, _extra_files={CONFIG_FILE: config.to_json()})
     return config
 
 
@@ -158,15 +154,6 @@ class LoadedExtractor:
         return self.embed_waveform(self.decode(source, max_seconds))
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ArtifactError(f"device {str(device)!r} requested but CUDA is not available; use 'cpu' or 'auto'")
-    return device
-
-
 def load_extractor(
     path: str | os.PathLike,
     device: str | torch.device | None = "auto",
@@ -179,7 +166,10 @@ def load_extractor(
     """
     if not os.path.isfile(path):
         raise ArtifactError(f"no extractor artifact at {os.fspath(path)!r}; export one with `coverid export`")
-    target = resolve_device(device)
+    try:
+        target = choose_device(device)
+    except DeviceUnavailable as err:
+        raise ArtifactError(str(err)) from None
     extra = {CONFIG_FILE: ""}
     try:
         module = torch.jit.load(os.fspath(path), map_location=target, _extra_files=extra)

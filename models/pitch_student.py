@@ -15,7 +15,6 @@ can tell a note from its overtones.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from pathlib import Path
@@ -24,6 +23,8 @@ from typing import Dict, List
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from index.common import replaced_atomically, state_dict_sha256
 
 LOWEST_CQT_MIDI = 24  # C1, the CQT's bin 0
 LOWEST_NOTE_MIDI = 21  # A0, basic-pitch's note 0
@@ -97,12 +98,9 @@ class StudentWeightsError(ValueError):
 
 
 def weights_id(state_dict: Dict[str, Tensor]) -> str:
-    """A short content hash of the weights: caches of the student's features are keyed by it."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(state_dict.items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().float().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:12]
+    """A short content hash of the weights: caches of the student's features are keyed by it. Every tensor is
+    hashed as float32 (unlike an extractor's weights_digest): the committed student's header holds this hash."""
+    return state_dict_sha256(state_dict, as_float32=True)[:12]
 
 
 def save_student(student: PitchStudent, path: str | os.PathLike, provenance: dict) -> str:
@@ -112,9 +110,8 @@ def save_student(student: PitchStudent, path: str | os.PathLike, provenance: dic
               "weights_id": weights_id(state),
               **provenance}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{os.fspath(path)}.tmp"
-    torch.save({"header": header, "state_dict": state}, tmp)
-    os.replace(tmp, path)
+    with replaced_atomically(path) as file:
+        torch.save({"header": header, "state_dict": state}, file)
     return header["weights_id"]
 
 

@@ -18,7 +18,6 @@ recomputes, bit for bit.
 import argparse
 import hashlib
 import json
-import os
 import sys
 import zipfile
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Dict, List
 import numpy as np
 import torch
 
+from index.common import replaced_atomically
 from models import basic_pitch as bp
 
 SOURCE_PACKAGE = "basic-pitch"
@@ -193,9 +193,8 @@ def write_weights(wheel: Path, out: Path = bp.DEFAULT_WEIGHTS) -> dict:
     state = onnx_state_dict(sources["onnx"])
     stored = header(sources, wheel, state)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    torch.save({"header": stored, "state_dict": state}, tmp)
-    os.replace(tmp, out)
+    with replaced_atomically(out) as file:
+        torch.save({"header": stored, "state_dict": state}, file)
     (out.parent / "LICENSE").write_bytes(sources["LICENSE"])
     (out.parent / "NOTICE").write_bytes(sources["NOTICE"])
     return stored

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from index.common import choose_device, replaced_atomically
 from index.maxmean import pad_sequences
 from models.config import ExtractorConfig
 from models.training.dataset import Batch, BatchPlan, BatchSampler, FeatureCorpus
@@ -87,8 +87,7 @@ def train(
 
     `backgrounds`: features of real recordings (the corpus's rows) for `batch.background_probability`."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device("cuda" if train_config.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if train_config.device == "auto" else train_config.device)
+    device = choose_device(train_config.device)
     torch.manual_seed(train_config.seed)
     frontend = FrontEnd(model_config)
     sampler = BatchSampler(corpus, frontend, model_config.frame_seconds, train_config.batch, train_config.seed,
@@ -172,9 +171,8 @@ def _save(path: Path, step: int, network, loss_fn, optimiser, sampler, model_con
         "train_config": train_config.to_dict(),
         "corpus": corpus.summary(),
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with replaced_atomically(path) as file:
+        torch.save(state, file)
 
 
 def _resume(path: Path, network, loss_fn, optimiser, sampler, model_config: ExtractorConfig) -> int:

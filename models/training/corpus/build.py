@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import numpy as np
 import pretty_midi
 import torch
 
+from index.common import replaced_atomically
 from models.config import ExtractorConfig
 from models.training.corpus import procedural
 from models.training.corpus.arrange import arrange, plan_version, truncate
@@ -183,7 +183,6 @@ def _rms(audio: np.ndarray) -> float:
 
 def _save(path: Path, spectrogram: np.ndarray, meta: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
+    with replaced_atomically(path) as handle:  # the .npy appears last: its presence means the version is complete
         np.save(handle, spectrogram)
-    path.with_suffix(".json").write_text(json.dumps(meta))
-    os.replace(handle.name, path)  # the .npy appears last: its presence means the version is complete
+        path.with_suffix(".json").write_text(json.dumps(meta))

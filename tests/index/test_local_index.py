@@ -233,12 +233,16 @@ def test_snapshot_round_trip_gives_identical_results(library, tmp_path):
     assert loaded.capacity == capacity
 
 
-def test_snapshot_of_another_model_or_dim_is_refused_naming_both(tmp_path):
-    rng = np.random.default_rng(11)
+def saved_one_track(path, model_id: str, seed: int):
+    """A snapshot at `path` of an index holding one two-chunk track "a"."""
     index = LocalIndex(DIM)
-    index.add("a", unit_rows(rng, 2))
-    path = tmp_path / "local.idx"
-    index.save(path, model_id="model-a")
+    index.add("a", unit_rows(np.random.default_rng(seed), 2))
+    index.save(path, model_id=model_id)
+    return path
+
+
+def test_snapshot_of_another_model_or_dim_is_refused_naming_both(tmp_path):
+    path = saved_one_track(tmp_path / "local.idx", "model-a", seed=11)
     with pytest.raises(SnapshotMismatch, match="'model-a' != expected 'model-b'"):
         LocalIndex.load(path, expected_model_id="model-b", dim=DIM)
     with pytest.raises(SnapshotMismatch, match=f"dim {DIM} != expected 64"):
@@ -247,11 +251,7 @@ def test_snapshot_of_another_model_or_dim_is_refused_naming_both(tmp_path):
 
 
 def test_snapshot_of_another_format_version_or_no_snapshot_is_refused(tmp_path):
-    rng = np.random.default_rng(12)
-    index = LocalIndex(DIM)
-    index.add("a", unit_rows(rng, 2))
-    path = tmp_path / "local.idx"
-    index.save(path, model_id="m")
+    path = saved_one_track(tmp_path / "local.idx", "m", seed=12)
     future = tmp_path / "future.idx"
     rewrite_snapshot(path, future, format_version=99)
     with pytest.raises(SnapshotMismatch, match=f"format_version 99 != expected {FORMAT_VERSION}"):
@@ -266,11 +266,7 @@ def test_only_a_regular_file_is_opened_as_a_snapshot(tmp_path):
     """A named pipe would block the reader until a writer came; a directory or a link is no snapshot either."""
     import os
 
-    rng = np.random.default_rng(12)
-    index = LocalIndex(DIM)
-    index.add("a", unit_rows(rng, 2))
-    real = tmp_path / "real.idx"
-    index.save(real, model_id="m")
+    real = saved_one_track(tmp_path / "real.idx", "m", seed=12)
     pipe, directory, link = tmp_path / "pipe.idx", tmp_path / "dir.idx", tmp_path / "link.idx"
     os.mkfifo(pipe)
     directory.mkdir()

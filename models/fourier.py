@@ -35,13 +35,18 @@ def fourier_dim(patch_frames: int) -> int:
     return PITCH_CLASSES * (patch_frames // 2 + 1)
 
 
-def pitch_class_frames(notes: Tensor, power: float, silence: float = 1e-8) -> Tensor:
-    """(N, 88, T) note salience -> (N, 12, T) pitch classes, every frame scaled to max 1 and raised to `power`;
-    a frame whose loudest pitch class is at or below `silence` becomes flat."""
-    classes = fold_to_pitch_class(notes.transpose(1, 2)).transpose(1, 2)
-    peak = classes.amax(dim=1, keepdim=True)
+def scaled_frames(classes: Tensor, power: float, silence: float = 1e-8) -> Tensor:
+    """(..., 12, T) pitch classes, every frame scaled to max 1 and raised to `power`; a frame whose loudest pitch
+    class is at or below `silence` says nothing about pitch and becomes flat (never zero, so even an all-silent
+    clip gets a vector the index accepts)."""
+    peak = classes.amax(dim=-2, keepdim=True)
     flat = torch.ones_like(classes)
     return torch.where(peak <= silence, flat, classes / peak.clamp_min(silence)).pow(power)
+
+
+def pitch_class_frames(notes: Tensor, power: float) -> Tensor:
+    """(N, 88, T) note salience -> (N, 12, T) pitch classes, scaled frame by frame (`scaled_frames`)."""
+    return scaled_frames(fold_to_pitch_class(notes.transpose(1, 2)).transpose(1, 2), power)
 
 
 def patch_magnitudes(classes: Tensor, patch_frames: int) -> Tensor:

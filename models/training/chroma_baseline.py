@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.basic_pitch import fold_to_pitch_class
 from models.config import ExtractorConfig
-from models.frontend import pool_time
+from models.fourier import scaled_frames
+from models.frontend import pitch_classes, pool_time
 
 Fold = Callable[[Tensor], Tensor]  # (bins, frames) -> (12, frames), row 0 is C
 
@@ -45,27 +45,22 @@ CHROMA_BINS = _CONFIG.cqt_bins_per_octave
 DIM = CHROMA_BINS * PATCH_FRAMES  # 900
 
 
-def fold_to_chroma(spectrogram: Tensor, bins_per_octave: int = CHROMA_BINS) -> Tensor:
-    """(bins, frames) CQT -> (bins_per_octave, frames): energy summed over octaves. Bin 0 is C1, so row 0 is C."""
-    bins, frames = spectrogram.shape
-    if bins % bins_per_octave:
-        raise ValueError(f"{bins} CQT bins are not a whole number of octaves of {bins_per_octave}")
-    return spectrogram.float().reshape(bins // bins_per_octave, bins_per_octave, frames).sum(dim=0)
+def fold_to_chroma(spectrogram: Tensor) -> Tensor:
+    """(bins, frames) CQT -> (12, frames): energy summed over octaves. Bin 0 is C1, so row 0 is C."""
+    if spectrogram.shape[0] % CHROMA_BINS:
+        raise ValueError(f"{spectrogram.shape[0]} CQT bins are not a whole number of octaves of {CHROMA_BINS}")
+    return pitch_classes(spectrogram.float(), notes=False)
 
 
 def fold_notes_to_chroma(notes: Tensor) -> Tensor:
     """(88, frames) note posteriors (MIDI 21..108, the "pitch" features) -> (12, frames), row 0 is C."""
-    return fold_to_pitch_class(notes.float().t()).t()
+    return pitch_classes(notes.float(), notes=True)
 
 
 def chroma_frames(spectrogram: Tensor, pool: int = POOL, power: float = POWER, fold: Fold = fold_to_chroma) -> Tensor:
-    """(bins, frames) CQT -> (12, T) pooled chroma, each frame scaled to max 1, then raised to `power`."""
-    chroma = pool_time(fold(spectrogram).unsqueeze(0), pool)[0]
-    peak = chroma.amax(dim=0, keepdim=True)
-    # a silent frame says nothing about pitch: make it flat rather than zero, so even an all-silent
-    # clip gets a non-zero vector (the index refuses zero vectors)
-    silent = peak <= SILENCE
-    return torch.where(silent, torch.ones_like(chroma), chroma / peak.clamp_min(SILENCE)).pow(power)
+    """(bins, frames) CQT -> (12, T) pooled chroma, each frame scaled to max 1, then raised to `power`
+    (silent frames flat: the 2DFTM head's `scaled_frames`)."""
+    return scaled_frames(pool_time(fold(spectrogram).unsqueeze(0), pool)[0], power, SILENCE)
 
 
 def patch_2dftm(chroma: Tensor, patch: int = PATCH_FRAMES, hop: int = PATCH_HOP) -> Tensor:

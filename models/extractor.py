@@ -129,14 +129,12 @@ class LoadedExtractor:
         self.module = module
         self.config = config
         self.device = device
+        # read once (the config is frozen), so a bad stage3 entry is refused when the artifact loads
+        self.stage3: Optional[Tuple[FusionSettings, AlignmentSettings]] = stage3_settings(config)
 
     @property
     def model_id(self) -> str:
         return self.config.model_id
-
-    @property
-    def stage3(self) -> Optional[Tuple[FusionSettings, AlignmentSettings]]:
-        return stage3_settings(self.config)
 
     def decode(self, source: AudioSource, max_seconds: float | None = None) -> Tensor:
         return decode_audio(source, self.config.sample_rate, max_seconds=max_seconds)

@@ -19,8 +19,9 @@ the best path length divided by the query's stacked frames: the share of the que
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -65,48 +66,82 @@ def stack_frames(sequence: Tensor, embed_frames: int) -> Tensor:
     return F.normalize(stacked.float(), dim=-1)
 
 
+def kth_largest(values: Tensor, k: Tensor, overwrite: bool = False) -> Tensor:
+    """(..., L) and k (1-based, broadcast against values[..., :1]) -> (..., 1) the k-th largest along the last axis.
+    With `overwrite` the values may be reordered in place (a copy of a large plot saved).
+
+    On the CPU numpy's introselect (np.partition) is several times faster than torch.topk for the plots stage 3
+    sees (2.8 against 16 ms for 50 x 68 x 500); on an accelerator the values stay there and topk runs there.
+    """
+    index = k.expand(*values.shape[:-1], 1)
+    if values.device.type == "cpu":
+        return kth_largest_by_partition(values, index, overwrite)
+    return kth_largest_by_topk(values, index)
+
+
+def kth_largest_by_partition(values: Tensor, index: Tensor, overwrite: bool = False) -> Tensor:
+    at = (values.shape[-1] - index).numpy()  # the k-th largest sits at position L - k once partitioned
+    array = values.detach().numpy()
+    if overwrite and array.flags.c_contiguous:
+        array.partition(np.unique(at), axis=-1)
+    else:
+        array = np.partition(array, np.unique(at), axis=-1)
+    return torch.from_numpy(np.take_along_axis(array, at, axis=-1))
+
+
+def kth_largest_by_topk(values: Tensor, index: Tensor) -> Tensor:
+    return values.topk(int(index.max()), dim=-1, sorted=True).values.gather(-1, index - 1)
+
+
 def cross_recurrence(query: Tensor, candidates: Tensor, lengths: Tensor, settings: AlignmentSettings) -> Tensor:
     """(12, n), (B, 12, m) padded and (B,) true lengths -> (B, n', m') bool cross-recurrence plots of the stacked frames."""
     q = stack_frames(query, settings.embed_frames)  # (n', d)
     r = stack_frames(candidates, settings.embed_frames)  # (B, m', d)
     stacked_lengths = (lengths - settings.embed_frames + 1).clamp_min(1)
     valid = torch.arange(r.shape[1], device=r.device)[None, :] < stacked_lengths[:, None]  # (B, m')
-    distance = 1.0 - torch.einsum("id,bjd->bij", q, r)
-    distance = distance.masked_fill(~valid[:, None, :], float("inf"))
+    # cosine similarity in both layouts, so that each nearest-neighbour search runs along a contiguous last axis
+    by_candidate = torch.matmul(r, q.T).masked_fill_(~valid[:, :, None], float("-inf"))  # (B, m', n')
+    by_query = by_candidate.transpose(1, 2).contiguous()  # (B, n', m')
     # kappa nearest neighbours of each query frame among the candidate's frames, and of each candidate frame
     k_row = (settings.kappa * stacked_lengths.float()).round().long().clamp_min(1)  # (B,)
-    nearest = distance.topk(int(k_row.max()), dim=2, largest=False, sorted=True).values  # (B, n', k)
-    row_threshold = nearest.gather(2, (k_row - 1)[:, None, None].expand(-1, q.shape[0], 1))
-    k_col = max(1, int(round(settings.kappa * q.shape[0])))
-    col_threshold = distance.topk(k_col, dim=1, largest=False).values[:, -1:, :]  # (B, 1, m')
-    return (distance <= row_threshold) & (distance <= col_threshold) & valid[:, None, :]
+    row_threshold = kth_largest(by_query, k_row[:, None, None])  # (B, n', 1)
+    k_col = torch.tensor(max(1, int(round(settings.kappa * q.shape[0]))), device=q.device)
+    col_threshold = kth_largest(by_candidate, k_col.view(1, 1, 1), overwrite=True).transpose(1, 2)  # (B, 1, m')
+    return (by_query >= row_threshold) & (by_query >= col_threshold) & valid[:, None, :]
 
 
 def qmax(recurrence: Tensor, gap_onset: float, gap_extension: float) -> tuple[Tensor, Tensor, Tensor]:
     """(B, n, m) bool -> best Qmax path length (B,), and the (row, column) where it ends, batched over rows."""
     batch, rows, cols = recurrence.shape
-    hits = recurrence.float()
-    zero = hits.new_zeros(batch, cols + 2)
-    q1, q2, c1, c2 = zero, zero, zero, zero  # Q and C of rows i - 1 and i - 2, two zero columns in front
-    best = hits.new_zeros(batch)
-    best_row = torch.zeros(batch, dtype=torch.long, device=hits.device)
-    best_col = torch.zeros(batch, dtype=torch.long, device=hits.device)
+    # Rows i - 1 and i - 2 of Q, and the penalty of leaving each of their cells (gap_onset where it was a
+    # recurrence, gap_extension where not), live in rings of three rows with two zero columns in front, so the
+    # predecessors (i-1, j-1), (i-2, j-1) and (i-1, j-2) are plain views. Small buffers written in place: a
+    # whole-plot buffer cost more in page faults than the recursion itself.
+    q = recurrence.new_zeros(3, batch, cols + 2, dtype=torch.float32)
+    penalty = torch.zeros_like(q)
+    grown, kept, step, hit = (q.new_empty(batch, cols) for _ in range(4))
+    row_best = q.new_empty(rows, batch)
+    row_col = torch.empty(rows, batch, dtype=torch.long, device=q.device)
     for i in range(rows):
-        diagonal, slow, fast = q1[:, 1:-1], q2[:, 1:-1], q1[:, :-2]  # from (i-1, j-1), (i-2, j-1), (i-1, j-2)
-        grown = torch.maximum(torch.maximum(diagonal, slow), fast) + 1.0
-        # a disruption costs gap_onset where the predecessor was a recurrence, gap_extension where it was not
-        penalties = [c1[:, 1:-1], c2[:, 1:-1], c1[:, :-2]]
-        decayed = [q - (gap_extension + (gap_onset - gap_extension) * c) for q, c in zip((diagonal, slow, fast), penalties)]
-        kept = torch.maximum(torch.maximum(decayed[0], decayed[1]), decayed[2]).clamp_min(0.0)
-        row = torch.where(recurrence[:, i], grown, kept)
-        row_best, row_col = row.max(dim=1)
-        better = row_best > best
-        best = torch.where(better, row_best, best)
-        best_row = torch.where(better, torch.full_like(best_row, i), best_row)
-        best_col = torch.where(better, row_col, best_col)
-        q2, q1 = q1, F.pad(row, (2, 0))
-        c2, c1 = c1, F.pad(hits[:, i], (2, 0))
-    return best, best_row, best_col
+        now, last, before = i % 3, (i - 1) % 3, (i - 2) % 3
+        diagonal, slow, fast = q[last, :, 1:-1], q[before, :, 1:-1], q[last, :, :-2]
+        torch.maximum(diagonal, slow, out=grown)
+        torch.maximum(grown, fast, out=grown)
+        torch.sub(diagonal, penalty[last, :, 1:-1], out=kept)
+        torch.sub(slow, penalty[before, :, 1:-1], out=step)
+        torch.maximum(kept, step, out=kept)
+        torch.sub(fast, penalty[last, :, :-2], out=step)
+        torch.maximum(kept, step, out=kept)
+        kept.clamp_min_(0.0)
+        # a recurrence grows the best path into it, any other cell keeps what survives the penalty; written
+        # with 0/1 weights, not torch.where, which costs about 20x more per row on the CPU
+        hit.copy_(recurrence[:, i])
+        grown.add_(1.0).sub_(kept).mul_(hit).add_(kept)
+        q[now, :, 2:] = grown
+        torch.mul(hit, gap_onset - gap_extension, out=penalty[now, :, 2:]).add_(gap_extension)
+        torch.max(grown, dim=1, out=(row_best[i], row_col[i]))
+    best, best_row = row_best.max(dim=0)  # the first row holding the best, as the first column within it
+    return best, best_row, row_col.gather(0, best_row[None])[0]
 
 
 def align(query: Tensor, candidates: list[Tensor], settings: AlignmentSettings = AlignmentSettings()) -> Alignment:
@@ -114,6 +149,18 @@ def align(query: Tensor, candidates: list[Tensor], settings: AlignmentSettings =
     if not candidates:
         empty = torch.zeros(0)
         return Alignment(empty, empty.long(), empty.long(), empty.long())
+    # on the CPU, blocks of candidates whose plots stay in cache: 200 at once cost 1.4x four blocks of 50
+    block = len(candidates) if query.device.type != "cpu" else CPU_BLOCK
+    parts = [align_block(query, candidates[start : start + block], settings) for start in range(0, len(candidates), block)]
+    if len(parts) == 1:
+        return parts[0]
+    return Alignment(*(torch.cat([getattr(part, field.name) for part in parts]) for field in fields(Alignment)))
+
+
+CPU_BLOCK = 50
+
+
+def align_block(query: Tensor, candidates: list[Tensor], settings: AlignmentSettings) -> Alignment:
     lengths = torch.tensor([c.shape[-1] for c in candidates], device=query.device)
     width = max(int(lengths.max()), settings.embed_frames)
     padded = torch.stack([F.pad(c.float(), (0, width - c.shape[-1])) for c in candidates])  # (B, 12, m)

@@ -1,7 +1,18 @@
 import pytest
 import torch
 
-from index.alignment import AlignmentSettings, align, cross_recurrence, qmax, qmax_reference, transposition_shifts
+from index import alignment
+from index.alignment import (
+    AlignmentSettings,
+    align,
+    cross_recurrence,
+    kth_largest_by_partition,
+    kth_largest_by_topk,
+    qmax,
+    qmax_reference,
+    stack_frames,
+    transposition_shifts,
+)
 from index.fusion import FusionSettings, fuse, stage3_order
 
 
@@ -95,3 +106,51 @@ def test_fusion_weight_grows_with_length_and_order_is_stable():
     assert stage3_order(fused).tolist() == [1, 2, 0]
     with pytest.raises(ValueError, match="short_weight"):
         FusionSettings(short_weight=1.5)
+
+
+def test_kth_largest_by_partition_equals_topk_with_a_k_per_candidate():
+    values = torch.rand(6, 9, 40, generator=torch.Generator().manual_seed(3))
+    values[2, :, 30:] = float("-inf")  # a shorter candidate's padding, as cross_recurrence masks it
+    k = torch.tensor([1, 4, 7, 40, 2, 4]).view(6, 1, 1)
+    index = k.expand(6, 9, 1)
+    expected = torch.sort(values, dim=-1, descending=True).values.gather(-1, index - 1)
+    assert torch.equal(kth_largest_by_partition(values, index), expected)
+    assert torch.equal(kth_largest_by_topk(values, index), expected)
+
+
+def recurrence_by_sorting(query, candidate, settings):
+    """The mutual kappa-nearest-neighbour plot of one candidate, from fully sorted cosine distances."""
+    q, r = stack_frames(query, settings.embed_frames), stack_frames(candidate, settings.embed_frames)
+    distance = 1.0 - q @ r.T
+    k_row = max(1, round(settings.kappa * r.shape[0]))
+    k_col = max(1, round(settings.kappa * q.shape[0]))
+    row = distance.sort(dim=1).values[:, k_row - 1 : k_row]
+    col = distance.sort(dim=0).values[k_col - 1 : k_col, :]
+    return (distance <= row + 1e-6) & (distance <= col + 1e-6)
+
+
+def test_batched_recurrence_equals_the_sorted_definition_for_candidates_of_different_lengths():
+    settings = AlignmentSettings()
+    g = torch.Generator().manual_seed(5)
+    query = torch.rand(12, 31, generator=g)
+    candidates = [torch.rand(12, m, generator=g) for m in (60, 23, 47)]
+    padded = torch.stack([torch.nn.functional.pad(c, (0, 60 - c.shape[1])) for c in candidates])
+    plots = cross_recurrence(query, padded, torch.tensor([60, 23, 47]), settings)
+    for plot, candidate in zip(plots, candidates):
+        stacked = candidate.shape[1] - settings.embed_frames + 1
+        assert torch.equal(plot[:, :stacked], recurrence_by_sorting(query, candidate, settings))
+        assert not plot[:, stacked:].any()
+
+
+def test_more_candidates_than_one_cpu_block_score_as_they_do_alone():
+    tune = chroma_tune(200, seed=6)
+    query = tune[:, 50:110]
+    candidates = [chroma_tune(80 + 7 * s, seed=20 + s) for s in range(alignment.CPU_BLOCK + 3)]
+    candidates[alignment.CPU_BLOCK + 1] = tune
+    together = align(query, candidates)
+    assert together.scores.shape == (len(candidates),)
+    assert together.scores.argmax().item() == alignment.CPU_BLOCK + 1
+    for b in (0, alignment.CPU_BLOCK - 1, alignment.CPU_BLOCK + 1, alignment.CPU_BLOCK + 2):
+        alone = align(query, [candidates[b]])
+        assert torch.allclose(together.scores[b], alone.scores[0], atol=1e-6)
+        assert together.reference_end[b] == alone.reference_end[0] and together.shifts[b] == alone.shifts[0]

@@ -6,6 +6,7 @@ import, and reach routes through typed dependencies.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -24,13 +25,13 @@ from starlette.routing import Match
 from app import schemas
 from app.catalog import Catalog, IndexSettings
 from app.limits import UNAUTHORISED, AdmitBeforeBody, BodyLimit, KeyBeforeBody, RequestMetrics
-from app.metrics import (CATALOG_TRACKS, GPU_MEMORY, INDEX_VECTORS, INGESTED_AUDIO_SECONDS, INGESTED_TRACKS,
+from app.metrics import (ABANDONED, CATALOG_TRACKS, GPU_MEMORY, INDEX_VECTORS, INGESTED_AUDIO_SECONDS, INGESTED_TRACKS,
                          MODEL_INFO, READY, STORE_UP)
 from app.pipeline import Admission, ClipDurationError, Embedder, Overloaded, identify, ingest, make_record
 from app.settings import Settings, get_settings
 from app.store import StoreError, StoreFull, StoreUnavailable, TrackExists, TrackRecord, open_store
 from app.store.base import MAX_PAGE_END, METADATA_LONG_INTEGER, METADATA_TOO_DEEP, metadata_json
-from models.audio import AudioError
+from models.audio import AudioError, DecodeCancelled
 from models.extractor import load_extractor
 
 log = logging.getLogger("coverid")
@@ -81,6 +82,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.add_middleware(RequestMetrics)
     app.include_router(router)
     app.add_exception_handler(AudioError, _audio_error)
+    app.add_exception_handler(DecodeCancelled, _client_gone)
     app.add_exception_handler(StoreUnavailable, _store_unavailable)
     app.add_exception_handler(Overloaded, _overloaded)
     return app
@@ -171,6 +173,7 @@ def _routes():
     @router.post("/catalog", status_code=201, response_model=schemas.Track, dependencies=[Depends(require_key)],
                  responses=schemas.errors(400, 401, 409, 413, 415, 422, 503))
     async def add_track(
+        request: Request,
         catalog: CatalogDep,
         embedder: EmbedderDep,
         settings: SettingsDep,
@@ -186,8 +189,8 @@ def _routes():
             raise HTTPException(409, f"track {track_id!r} already exists; send replace=true to overwrite it")
         data = await file.read()
         try:
-            record = await run_in_threadpool(ingest, embedder, catalog, data, settings.max_track_seconds,
-                                             track_id, title, artist, extra, replace)
+            record = await while_connected(request, ingest, embedder, catalog, data, settings.max_track_seconds,
+                                           track_id, title, artist, extra, replace)
         except TrackExists:
             raise HTTPException(409, f"track {track_id!r} already exists; send replace=true to overwrite it") from None
         _update_gauges(catalog)
@@ -197,6 +200,7 @@ def _routes():
     @router.post("/catalog/batch", response_model=schemas.BatchResult, dependencies=[Depends(require_key)],
                  responses=schemas.errors(400, 401, 413, 422, 503))
     async def add_tracks(
+        request: Request,
         catalog: CatalogDep,
         embedder: EmbedderDep,
         settings: SettingsDep,
@@ -206,8 +210,8 @@ def _routes():
         for upload in files:
             name = upload.filename or "upload"
             try:
-                record = await run_in_threadpool(make_record, embedder, await upload.read(),
-                                                 settings.max_track_seconds, None, _stem(name))
+                record = await while_connected(request, make_record, embedder, await upload.read(),
+                                               settings.max_track_seconds, None, _stem(name))
                 records.append(record)
                 items.append(schemas.BatchItem(filename=name, status=201, track=_track(record)))
             except AudioError as err:
@@ -248,6 +252,7 @@ def _routes():
     @router.post("/identify", response_model=schemas.IdentifyResponse, dependencies=[Depends(require_identify_key)],
                  responses=schemas.errors(400, 401, 413, 415, 422, 503))
     async def identify_clip(
+        request: Request,
         catalog: CatalogDep,
         embedder: EmbedderDep,
         settings: SettingsDep,
@@ -259,8 +264,8 @@ def _routes():
             raise HTTPException(422, f"top_k is at most {settings.max_top_k}")
         data = await file.read()
         try:
-            result = await run_in_threadpool(identify, embedder, catalog, data, top_k, min_score,
-                                             settings.min_clip_seconds, settings.max_clip_seconds)
+            result = await while_connected(request, identify, embedder, catalog, data, top_k, min_score,
+                                           settings.min_clip_seconds, settings.max_clip_seconds)
         except ClipDurationError as err:
             raise HTTPException(422, str(err)) from None
         return schemas.IdentifyResponse(
@@ -296,6 +301,26 @@ def _routes():
 
 
 # -- helpers -----------------------------------------------------------------------
+
+
+CLIENT_POLL_S = 0.25  # how often a running decode checks that its client is still connected
+
+
+async def while_connected(request: Request, work, *args):
+    """Run `work(*args, should_stop=...)` in the thread pool; should_stop turns True once the client has gone,
+    so a decode nobody waits for stops at its next block instead of holding a core to the end."""
+    gone = threading.Event()
+
+    async def watch() -> None:
+        while not await request.is_disconnected():
+            await asyncio.sleep(CLIENT_POLL_S)
+        gone.set()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await run_in_threadpool(work, *args, should_stop=gone.is_set)
+    finally:
+        watcher.cancel()
 
 
 def _metadata(text: Optional[str]) -> dict:
@@ -357,6 +382,12 @@ def _audio_status(err: AudioError) -> int:
 
 async def _audio_error(request: Request, err: AudioError) -> JSONResponse:
     return JSONResponse({"detail": str(err), "reason": err.reason}, status_code=_audio_status(err))
+
+
+async def _client_gone(request: Request, err: DecodeCancelled) -> Response:
+    ABANDONED.inc()
+    log.info("%s %s: the client left while its audio was decoded; stopped", request.method, request.url.path)
+    return Response(status_code=499)  # nginx's "client closed request": nobody reads it
 
 
 async def _store_unavailable(request: Request, err: StoreError) -> JSONResponse:

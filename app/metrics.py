@@ -34,6 +34,8 @@ REJECTED = Counter("coverid_rejected_requests", "Requests refused with 503 befor
                    "COVERID_QUEUE_WAIT_S).", ["reason"])
 for _reason in ("queue_full", "wait"):  # known label values start at 0, so rates exist before the first 503
     REJECTED.labels(_reason)
+ABANDONED = Counter("coverid_abandoned_requests", "Model requests whose decoding stopped because the client had "
+                    "disconnected (answered 499, which nobody reads).")
 CATALOG_TRACKS = Gauge("coverid_catalog_tracks", "Tracks in the catalogue.")
 INDEX_VECTORS = Gauge("coverid_index_vectors", "Local embeddings in the search index.")
 INGESTED_TRACKS = Counter("coverid_ingested_tracks", "Tracks added to the catalogue (single and batch ingest).")

@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -21,6 +21,12 @@ from app.metrics import QUEUE_DEPTH, REJECTED, STAGE_SECONDS
 from app.store import TrackRecord
 from index.fusion import rerank
 from models.extractor import LoadedExtractor, LocalEmbeddings
+
+StopCheck = Callable[[], bool]  # asked while decoding: True when the caller no longer wants the answer
+
+
+def never() -> bool:
+    return False
 
 
 class ClipDurationError(ValueError):
@@ -123,9 +129,9 @@ class Embedder:
     def device(self) -> torch.device:
         return self.extractor.device
 
-    def embed(self, data: bytes, max_seconds: float, clock: StageClock) -> LocalEmbeddings:
+    def embed(self, data: bytes, max_seconds: float, clock: StageClock, should_stop: StopCheck = never) -> LocalEmbeddings:
         started = time.perf_counter()
-        waveform = self.extractor.decode(data, max_seconds=max_seconds)
+        waveform = self.extractor.decode(data, max_seconds=max_seconds, should_stop=should_stop)
         decoded = time.perf_counter()
         clock.add("decode", decoded - started)
         if not self._lock.acquire(timeout=self.queue_wait_s):
@@ -147,9 +153,10 @@ def make_record(
     title: Optional[str] = None,
     artist: Optional[str] = None,
     metadata: Optional[dict] = None,
+    should_stop: StopCheck = never,
 ) -> TrackRecord:
     """Decode and embed an upload into a catalogue record (not stored yet)."""
-    embeddings = embedder.embed(data, max_seconds, StageClock())
+    embeddings = embedder.embed(data, max_seconds, StageClock(), should_stop)
     return TrackRecord(
         track_id=track_id or uuid.uuid4().hex,
         title=title,
@@ -174,8 +181,9 @@ def ingest(
     artist: Optional[str] = None,
     metadata: Optional[dict] = None,
     replace: bool = False,
+    should_stop: StopCheck = never,
 ) -> TrackRecord:
-    record = make_record(embedder, data, max_seconds, track_id, title, artist, metadata)
+    record = make_record(embedder, data, max_seconds, track_id, title, artist, metadata, should_stop)
     started = time.perf_counter()
     catalog.ingest(record, replace=replace)
     STAGE_SECONDS.labels("store").observe(time.perf_counter() - started)
@@ -190,10 +198,11 @@ def identify(
     min_score: Optional[float],
     min_seconds: float,
     max_seconds: float,
+    should_stop: StopCheck = never,
 ) -> Identification:
     clock = StageClock()
     started = time.perf_counter()
-    embeddings = embedder.embed(data, max_seconds, clock)
+    embeddings = embedder.embed(data, max_seconds, clock, should_stop)
     if embeddings.duration_s < min_seconds:
         raise ClipDurationError(f"the clip lasts {embeddings.duration_s:.1f} s; send at least {min_seconds:g} s")
     stages: dict[str, float] = {}

@@ -14,7 +14,7 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Union
+from typing import Callable, Union
 
 import numpy as np
 import soundfile as sf
@@ -27,7 +27,15 @@ AudioSource = Union[bytes, bytearray, memoryview, str, os.PathLike]
 SUPPORTED_FORMATS = "WAV, FLAC, OGG/Vorbis, Opus or MP3"
 MAX_CHANNELS = 8
 MIN_SOURCE_RATE = 4_000  # below this no CQT bin up to ~4 kHz can exist
-MAX_SOURCE_RATE = 384_000
+MAX_SOURCE_RATE = 192_000  # the highest rate studio masters use; 384 kHz x 8 channels once cost 109 s of CPU
+# Decoding costs CPU per frame (about 200 to 350 ns here, resampling included, whatever the channel count), and a
+# compressed upload can declare far more frames than its size suggests (a 1.7 MB FLAC held 299 s at 384 kHz x 8
+# channels and cost 109 s of CPU). So the frames an upload may decode to are bounded twice: by its size (the first
+# minute at 48 kHz always, beyond it MAX_FRAMES_PER_BYTE per uploaded byte: Opus at 12 kb/s needs 32, lossless music
+# under 1), and by the duration limit at 48 kHz (a 192 kHz file may last a quarter of it).
+FREE_FRAMES = 60 * 48_000
+MAX_FRAMES_PER_BYTE = 32
+FRAMES_PER_SECOND_ALLOWED = 48_000
 SILENCE_PEAK = 10 ** (-70 / 20)  # a peak under -70 dBFS is treated as silence
 MIN_SECONDS = 0.5  # shortest audio the front end accepts
 HEADROOM = 2.0**-8  # scale of the mono signal while it is resampled (a power of two: undone exactly)
@@ -41,13 +49,26 @@ class AudioError(ValueError):
         self.reason = reason
 
 
+class DecodeCancelled(Exception):
+    """`should_stop` said so between two blocks: the caller no longer wants the audio (its client has gone)."""
+
+
+def frame_budget(upload_bytes: int, max_seconds: float | None) -> int:
+    """How many frames (samples per channel) an upload of this size may decode to."""
+    by_size = max(FREE_FRAMES, MAX_FRAMES_PER_BYTE * upload_bytes)
+    return by_size if max_seconds is None else min(by_size, int(max_seconds * FRAMES_PER_SECOND_ALLOWED))
+
+
 def decode_audio(
     source: AudioSource,
     sample_rate: int,
     max_seconds: float | None = None,
     min_seconds: float = MIN_SECONDS,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> torch.Tensor:
     """Decode, check, mix to mono and resample. Returns a (samples,) float32 tensor.
+
+    `should_stop` is asked before each block; when it answers True, DecodeCancelled is raised.
 
     The file is read DECODE_BLOCK_FRAMES frames at a time, each block mixed to mono and resampled as it
     comes (StreamingResampler): peak memory is the output plus a few blocks, whatever the file's rate,
@@ -77,7 +98,7 @@ def decode_audio(
         resampler = resampler or StreamingResampler(rate, sample_rate)
         pieces.append(resampler.push(mono))
 
-    count, rate = _read(source, max_seconds, take)
+    count, rate = _read(source, max_seconds, take, should_stop)
     seconds = count / rate
     if count == 0:
         raise AudioError("no_samples", "the file decodes to zero samples; upload audio that contains sound")
@@ -204,25 +225,31 @@ def _fft_resample(waveform: torch.Tensor, orig: int, new: int) -> torch.Tensor:
     return (torch.fft.irfft(spectrum, n=target) * (target / length)).float()
 
 
-def _read(source: AudioSource, max_seconds: float | None, take) -> tuple[int, int]:
+def _read(source: AudioSource, max_seconds: float | None, take, should_stop: Callable[[], bool]) -> tuple[int, int]:
     """Hand the file to `take(rate, block)` block by block ((frames, channels) float32) after the header
     checks; returns (frames read, source rate)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        if len(source) == 0:
+        size = len(source)
+        if size == 0:
             raise AudioError("empty", "the upload is empty (0 bytes); send an audio file")
         handle: io.BytesIO | str = io.BytesIO(bytes(source))
     else:
         path = Path(source)
         if not path.is_file():
             raise AudioError("not_found", f"no audio file at {str(path)!r}")
-        if path.stat().st_size == 0:
+        size = path.stat().st_size
+        if size == 0:
             raise AudioError("empty", f"{str(path)!r} is empty (0 bytes)")
         handle = str(path)
     count = 0
+    budget = frame_budget(size, max_seconds)
     try:
         with sf.SoundFile(handle) as f:
             _check_header(f.samplerate, f.channels, f.frames, max_seconds)
             rate = f.samplerate
+            # the header's count first (a refusal before any work); the samples read too (headers can lie)
+            if 0 < f.frames < 2**62 and f.frames > budget:
+                raise _over_budget(f.frames, size, rate)
             # Read at most one frame past the limit: a file that lies in its header
             # about its length still cannot make us decode hours of audio.
             limit = None if max_seconds is None else int(max_seconds * rate) + 1
@@ -234,6 +261,10 @@ def _read(source: AudioSource, max_seconds: float | None, take) -> tuple[int, in
                 count += block.shape[0]
                 if max_seconds is not None and count > max_seconds * rate:
                     raise AudioError("too_long", f"the audio is longer than the {max_seconds:g} s limit; send a shorter file")
+                if count > budget:
+                    raise _over_budget(count, size, rate, at_least=True)
+                if should_stop():
+                    raise DecodeCancelled()
                 take(rate, block)
             declared = f.frames
             wav_shortfall = _wav_shortfall_bytes(f.extra_info)
@@ -276,6 +307,15 @@ def _wav_shortfall_bytes(extra_info: str) -> int:
     if declared in _WAV_SIZE_PLACEHOLDERS:
         return 0
     return max(0, declared - present - 8)  # tolerate a trailing pad byte or block
+
+
+def _over_budget(frames: int, size: int, rate: int, at_least: bool = False) -> AudioError:
+    return AudioError(
+        "too_much_audio",
+        f"the file holds {'at least ' if at_least else ''}{frames / rate:.1f} s at {rate} Hz in {size:,} bytes, more "
+        f"than this upload may decode to (the duration limit at 48 kHz, and {MAX_FRAMES_PER_BYTE} frames per byte "
+        f"after the first minute); convert it to 48 kHz or below, or send a shorter file",
+    )
 
 
 def _check_header(rate: int, channels: int, frames: int, max_seconds: float | None) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import List, Mapping, Optional, Tuple
+from typing import Callable, List, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -136,8 +136,9 @@ class LoadedExtractor:
     def model_id(self) -> str:
         return self.config.model_id
 
-    def decode(self, source: AudioSource, max_seconds: float | None = None) -> Tensor:
-        return decode_audio(source, self.config.sample_rate, max_seconds=max_seconds)
+    def decode(self, source: AudioSource, max_seconds: float | None = None,
+               should_stop: Callable[[], bool] = lambda: False) -> Tensor:
+        return decode_audio(source, self.config.sample_rate, max_seconds=max_seconds, should_stop=should_stop)
 
     @torch.inference_mode()
     def embed_waveform(self, waveform: Tensor) -> LocalEmbeddings:

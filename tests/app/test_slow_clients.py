@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from urllib.parse import urlparse
 
 import httpx
 import pytest
+import uvicorn
+from fastapi import FastAPI, Request
 
+from app.main import CLIENT_POLL_S, while_connected
 from tests.app.conftest import running_service
 
 HEADER_S = 1.0
@@ -60,3 +64,50 @@ def test_an_ordinary_request_is_not_cut(service):
         assert client.get("/healthz").status_code == 200
         time.sleep(HEADER_S + 0.5)
         assert client.get("/healthz").status_code == 200
+
+
+def test_model_work_stops_when_its_client_disconnects():
+    """while_connected (what /identify and /catalog run their decode under) over a real uvicorn: a client that
+    sends its request and leaves stops the work at its next check, instead of holding a core to the end."""
+    started, stopped = threading.Event(), threading.Event()
+
+    def work(seconds: float, should_stop) -> str:
+        started.set()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if should_stop():
+                stopped.set()
+                return "stopped"
+            time.sleep(0.01)
+        return "finished"
+
+    app = FastAPI()
+
+    @app.post("/work")
+    async def route(request: Request, seconds: float = 30.0) -> str:
+        await request.body()
+        return await while_connected(request, work, seconds)
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # a client that waits gets the answer
+        assert httpx.post(f"http://127.0.0.1:{port}/work?seconds=0.3", content=b"hi").json() == "finished"
+        assert not stopped.is_set()
+        started.clear()
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"POST /work HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+            assert started.wait(5)
+        left = time.monotonic()
+        assert stopped.wait(5)
+        assert time.monotonic() - left < CLIENT_POLL_S + 1.0
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -203,13 +203,13 @@ def test_streaming_resampling_equals_resampling_the_whole(rate, seconds):
 
 
 def test_peak_memory_of_a_decode_does_not_grow_with_rate_and_channels(tmp_path):
-    """20 s of 384 kHz 8-channel audio is 245 MB decoded whole; read block by block it costs a few MB."""
+    """40 s of 192 kHz 8-channel audio is 245 MB decoded whole; read block by block it costs a few MB."""
     import subprocess
     import sys
 
-    block = np.tile(tone(440.0, 1.0, 384000)[:, None], (1, 8))
-    for name, seconds in (("short.flac", 1), ("wide.flac", 20)):
-        with sf.SoundFile(tmp_path / name, "w", 384000, 8, format="FLAC", subtype="PCM_16") as out:
+    block = np.tile(tone(440.0, 1.0, 192000)[:, None], (1, 8))
+    for name, seconds in (("short.flac", 1), ("wide.flac", 40)):
+        with sf.SoundFile(tmp_path / name, "w", 192000, 8, format="FLAC", subtype="PCM_16") as out:
             for _ in range(seconds):
                 out.write(block)
     probe = (
@@ -224,5 +224,53 @@ def test_peak_memory_of_a_decode_does_not_grow_with_rate_and_channels(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     samples, grown_kib = map(int, done.stdout.split())
-    assert samples == 20 * 22050
+    assert samples == 40 * 22050
     assert grown_kib < 64 * 1024, f"peak RSS grew by {grown_kib / 1024:.0f} MiB"
+
+
+def silent_flac(rate: int, channels: int, seconds: float) -> bytes:
+    """Digital near-silence (one quiet click a second, so it is not refused as silent) compresses to almost nothing."""
+    out = io.BytesIO()
+    with sf.SoundFile(out, "w", rate, channels, format="FLAC", subtype="PCM_16") as f:
+        block = np.zeros((rate, channels), np.float32)
+        block[0] = 0.5
+        for _ in range(int(seconds)):
+            f.write(block)
+    return out.getvalue()
+
+
+def test_a_file_declaring_far_more_frames_than_its_size_is_refused_before_decoding():
+    data = silent_flac(192_000, 2, 20)  # 3.84 M frames in about 20 KB
+    asked = []
+    with pytest.raises(AudioError) as caught:
+        decode_audio(data, SAMPLE_RATE, max_seconds=600, should_stop=lambda: asked.append(1) or False)
+    assert caught.value.reason == "too_much_audio" and "48 kHz" in str(caught.value)
+    assert asked == []  # refused from the header, before the first block
+
+
+def test_the_first_minute_at_48k_is_always_allowed_however_small_the_file():
+    waveform = decode_audio(silent_flac(48_000, 2, 30), SAMPLE_RATE)
+    assert abs(waveform.shape[0] - 30 * SAMPLE_RATE) <= 1
+
+
+def test_rates_over_192k_are_refused():
+    with pytest.raises(AudioError) as caught:
+        decode_audio(wav_header(384_000, 1, 100) + bytes(200), SAMPLE_RATE)
+    assert caught.value.reason == "bad_sample_rate" and "192000" in str(caught.value)
+
+
+def test_decoding_stops_between_blocks_when_asked():
+    from models.audio import DecodeCancelled
+
+    asked = []
+    with pytest.raises(DecodeCancelled):
+        decode_audio(good_flac(seconds=6.0), SAMPLE_RATE, should_stop=lambda: asked.append(1) or len(asked) > 1)
+    assert len(asked) == 2  # the first block was taken, the second refused
+
+
+def test_high_rates_get_the_duration_limit_at_48k():
+    data = encode(tone(440.0, 4.0, 192_000), 192_000, "WAV", "PCM_16")  # 768,000 frames
+    assert decode_audio(data, SAMPLE_RATE, max_seconds=16).shape[0] == 4 * SAMPLE_RATE  # 16 s x 48,000 = 768,000
+    with pytest.raises(AudioError) as caught:
+        decode_audio(data, SAMPLE_RATE, max_seconds=15)  # the 4 s file is within 15 s, but not its frames
+    assert caught.value.reason == "too_much_audio"

@@ -8,7 +8,7 @@ import time
 from fastapi import HTTPException
 
 from app.metrics import REQUEST_SECONDS, REQUESTS
-from app.pipeline import Overloaded
+from app.backpressure import Overloaded
 
 
 class BodyTooLarge(HTTPException):
@@ -94,13 +94,22 @@ class KeyBeforeBody:
         await self.app(scope, receive, send)
 
 
+class QueueFullOnArrival(HTTPException):
+    """Raised from `receive` when a body has arrived and the model's queue is full: 503 with Retry-After.
+    An HTTPException, so FastAPI's body parsing passes it through."""
+
+    def __init__(self, err: Overloaded, retry_after_s: int):
+        super().__init__(503, err.detail(retry_after_s), headers={"Retry-After": str(retry_after_s)})
+
+
 class AdmitBeforeBody:
-    """A place in the model's queue, taken from the headers alone; 503 with Retry-After at once when full.
+    """Admission for the model's routes (app/backpressure.py): an upload place from the headers, a queue place
+    when the body has arrived; 503 with Retry-After at once when either is full.
 
     `model_route(scope)` returns the matched route when it uses the model, `admission()` the model's
-    Admission (None before start-up). Refusing before the body is read keeps a refusal quick under
-    load: parsing a multipart upload first cost seconds at 64 clients. The place is held until the
-    answer is sent.
+    Admission (None before start-up). Refusing from the headers keeps a refusal quick under load: parsing a
+    multipart upload first cost seconds at 64 clients. Taking the queue place only once the body is in
+    keeps slow or stalled uploads from holding the model's queue (16 of them once locked it for 125 s).
     """
 
     def __init__(self, app, model_route, admission, retry_after_s: int):
@@ -115,15 +124,34 @@ class AdmitBeforeBody:
         if admission is None:
             return await self.app(scope, receive, send)
         try:
-            admission.enter()
+            admission.start_upload()
         except Overloaded as err:
             scope["route"] = route  # counted under its template, as if the route had answered
             return await _send_json(send, 503, err.detail(self.retry_after_s),
                                     [(b"retry-after", str(self.retry_after_s).encode())])
+        uploading, queued = True, False
+
+        async def admitted_receive():
+            nonlocal uploading, queued
+            message = await receive()
+            if uploading and (message["type"] != "http.request" or not message.get("more_body", False)):
+                uploading = False
+                admission.end_upload()
+                if message["type"] == "http.request":  # the whole body is in: now it waits for the model
+                    try:
+                        admission.enter()
+                    except Overloaded as err:
+                        raise QueueFullOnArrival(err, self.retry_after_s) from None
+                    queued = True
+            return message
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, admitted_receive, send)
         finally:
-            admission.leave()
+            if uploading:
+                admission.end_upload()
+            if queued:
+                admission.leave()
 
 
 UNAUTHORISED = "a valid API key is required: send 'Authorization: Bearer <key>'"

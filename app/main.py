@@ -27,7 +27,8 @@ from app.catalog import Catalog, IndexSettings
 from app.limits import UNAUTHORISED, AdmitBeforeBody, BodyLimit, KeyBeforeBody, RequestMetrics
 from app.metrics import (ABANDONED, CATALOG_TRACKS, GPU_MEMORY, INDEX_VECTORS, INGESTED_AUDIO_SECONDS, INGESTED_TRACKS,
                          MODEL_INFO, READY, STORE_UP)
-from app.pipeline import Admission, ClipDurationError, Embedder, Overloaded, identify, ingest, make_record
+from app.backpressure import Admission, Overloaded
+from app.pipeline import ClipDurationError, Embedder, identify, ingest, make_record
 from app.settings import Settings, get_settings
 from app.store import StoreError, StoreFull, StoreUnavailable, TrackExists, TrackRecord, open_store
 from app.store.base import MAX_PAGE_END, METADATA_LONG_INTEGER, METADATA_TOO_DEEP, metadata_json
@@ -48,7 +49,8 @@ async def lifespan(app: FastAPI):
     catalog, how = Catalog.open(store, extractor.model_id, settings.snapshot_path,
                                 IndexSettings.of(settings, extractor.config.embedding_dim), settings.retry_after_s)
     log.info("model %s on %s; %d tracks, index %s", extractor.model_id, extractor.device, store.count(), how)
-    app.state.embedder = Embedder(extractor, settings.queue_size, settings.queue_wait_s, settings.stage3_top_n)
+    app.state.embedder = Embedder(extractor, settings.queue_size, settings.queue_wait_s, settings.stage3_top_n,
+                                  settings.upload_slots)
     app.state.catalog = catalog
     MODEL_INFO.labels(extractor.model_id, str(extractor.device)).set(1)
     _update_gauges(catalog)

@@ -28,11 +28,13 @@ STAGE_SECONDS = Histogram(
     ["stage"], buckets=BUCKETS,
 )
 QUEUE_DEPTH = Gauge("coverid_model_queue_depth",
-                    "Model requests in flight (upload, decode, embed, waiting), at most COVERID_QUEUE_SIZE.")
+                    "Model requests whose body has arrived (decode, embed, waiting, answer), at most COVERID_QUEUE_SIZE.")
+UPLOADS_IN_FLIGHT = Gauge("coverid_uploads_in_flight",
+                          "Model requests whose body is still arriving, at most COVERID_UPLOAD_SLOTS.")
 REJECTED = Counter("coverid_rejected_requests", "Requests refused with 503 before using the model, by reason: "
-                   "queue_full (COVERID_QUEUE_SIZE requests already in) or wait (no model turn within "
-                   "COVERID_QUEUE_WAIT_S).", ["reason"])
-for _reason in ("queue_full", "wait"):  # known label values start at 0, so rates exist before the first 503
+                   "queue_full (COVERID_QUEUE_SIZE requests already in), uploads_full (COVERID_UPLOAD_SLOTS "
+                   "bodies already arriving) or wait (no model turn within COVERID_QUEUE_WAIT_S).", ["reason"])
+for _reason in ("queue_full", "uploads_full", "wait"):  # known label values start at 0, so rates exist before the first 503
     REJECTED.labels(_reason)
 ABANDONED = Counter("coverid_abandoned_requests", "Model requests whose decoding stopped because the client had "
                     "disconnected (answered 499, which nobody reads).")

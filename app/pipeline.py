@@ -17,7 +17,8 @@ from typing import Callable, Optional
 import torch
 
 from app.catalog import Catalog
-from app.metrics import QUEUE_DEPTH, REJECTED, STAGE_SECONDS
+from app.backpressure import Admission, Overloaded
+from app.metrics import REJECTED, STAGE_SECONDS
 from app.store import TrackRecord
 from index.fusion import rerank
 from models.extractor import LoadedExtractor, LocalEmbeddings
@@ -66,42 +67,6 @@ class Identification:
     metadata_unavailable: bool = False  # the store did not answer: matches carry no title or artist
 
 
-class Overloaded(Exception):
-    """The model's queue is full, or its turn did not come in time: answer 503 with Retry-After."""
-
-    def detail(self, retry_after_s: int) -> str:
-        """The 503's message, the same whether the middleware or a route refuses."""
-        return f"{self} (in {retry_after_s} s)"
-
-
-class Admission:
-    """At most `size` requests in the model's queue at once: uploading, decoding, embedding or waiting.
-
-    The HTTP layer takes a place from the headers alone, before any of the body is read, so a
-    refusal costs nothing and comes at once whatever the upload's size; the place is held until the
-    answer is sent. Latency of admitted requests then stays bounded under any load.
-    """
-
-    def __init__(self, size: int):
-        self.size = size
-        self._inside = 0
-        self._lock = threading.Lock()
-
-    def enter(self) -> None:
-        """Take a place, or raise Overloaded when all are taken."""
-        with self._lock:
-            if self._inside >= self.size:
-                REJECTED.labels("queue_full").inc()
-                raise Overloaded(f"{self.size} requests are already being served; retry later")
-            self._inside += 1
-            QUEUE_DEPTH.set(self._inside)
-
-    def leave(self) -> None:
-        with self._lock:
-            self._inside -= 1
-            QUEUE_DEPTH.set(self._inside)
-
-
 class Embedder:
     """The loaded extractor behind one lock, timing decode and embed separately.
 
@@ -110,14 +75,14 @@ class Embedder:
     """
 
     def __init__(self, extractor: LoadedExtractor, queue_size: int = 16, queue_wait_s: float = 2.0,
-                 stage3_top_n: Optional[int] = None):
+                 stage3_top_n: Optional[int] = None, upload_slots: Optional[int] = None):
         self.extractor = extractor
         stage3 = extractor.stage3
         if stage3 is not None and stage3_top_n is not None:  # the service's setting overrides the artifact's N
             stage3 = (dataclasses.replace(stage3[0], top_n=stage3_top_n), stage3[1])
         # (fusion, alignment) settings of stage 3, or None: the artifact has none, or N is 0
         self.stage3 = stage3 if stage3 is not None and stage3[0].top_n > 0 else None
-        self.admission = Admission(queue_size)
+        self.admission = Admission(queue_size, upload_slots)
         self.queue_wait_s = queue_wait_s
         self._lock = threading.Lock()
 

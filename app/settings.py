@@ -42,7 +42,9 @@ class Settings(BaseSettings):
     # stage 3: stage-2 candidates aligned per query; unset: the artifact's (models/weights/MODEL_CARD.md), 0: off
     stage3_top_n: Optional[int] = Field(None, ge=0, le=10000, description="candidates aligned per query (stage 3)")
     # back-pressure: beyond these a request gets 503 + Retry-After at once instead of queueing without bound
-    queue_size: int = Field(16, ge=1, le=10000, description="model requests in flight, from their headers to their answer")
+    queue_size: int = Field(16, ge=1, le=10000, description="model requests in flight, from the end of their body to their answer")
+    upload_slots: Optional[int] = Field(None, ge=1, le=100000,
+                                        description="model requests whose body is still arriving; unset: 4 x queue_size")
     queue_wait_s: float = Field(2.0, gt=0, le=300, description="longest wait for the model's turn")
     # slow clients: deadlines to receive a request (uvicorn itself has none; see app/http_protocol.py)
     header_timeout_s: float = Field(10.0, gt=0, le=600, description="request headers, from the first byte")

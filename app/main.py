@@ -11,6 +11,7 @@ import hmac
 import json
 import logging
 import threading
+import time
 from contextlib import asynccontextmanager
 from typing import Annotated, Optional
 
@@ -25,8 +26,8 @@ from starlette.routing import Match
 from app import schemas
 from app.catalog import Catalog, IndexSettings
 from app.limits import UNAUTHORISED, AdmitBeforeBody, BodyLimit, KeyBeforeBody, RequestMetrics
-from app.metrics import (ABANDONED, CATALOG_TRACKS, GPU_MEMORY, INDEX_VECTORS, INGESTED_AUDIO_SECONDS, INGESTED_TRACKS,
-                         MODEL_INFO, READY, STORE_UP)
+from app.metrics import (ABANDONED, CATALOG_TRACKS, GPU_MEMORY, IDENTIFY_SECONDS, INDEX_VECTORS, INGESTED_AUDIO_SECONDS,
+                         INGESTED_TRACKS, LONG_QUERY_S, MODEL_INFO, READY, STORE_UP)
 from app.backpressure import Admission, Overloaded
 from app.pipeline import ClipDurationError, Embedder, identify, ingest, make_record
 from app.settings import Settings, get_settings
@@ -264,12 +265,15 @@ def _routes():
     ) -> schemas.IdentifyResponse:
         if top_k > settings.max_top_k:
             raise HTTPException(422, f"top_k is at most {settings.max_top_k}")
+        started = time.perf_counter()
         data = await file.read()
         try:
             result = await while_connected(request, identify, embedder, catalog, data, top_k, min_score,
                                            settings.min_clip_seconds, settings.max_clip_seconds)
         except ClipDurationError as err:
             raise HTTPException(422, str(err)) from None
+        query = "long" if result.query_duration_s > LONG_QUERY_S else "clip"
+        IDENTIFY_SECONDS.labels(query).observe(time.perf_counter() - started)
         return schemas.IdentifyResponse(
             matches=[schemas.Match(**vars(m)) for m in result.matches], query_duration_s=result.query_duration_s,
             n_segments=result.n_segments, timings_ms=result.timings_ms,

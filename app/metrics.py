@@ -16,6 +16,17 @@ REQUEST_SECONDS = Histogram(
     "coverid_request_duration_seconds", "Time to answer an HTTP request, by route and method.",
     ["route", "method"], buckets=BUCKETS,
 )
+# /identify by query length, with buckets dense around each objective (clips 0.5 s, whole tracks 10 s): one
+# histogram for both once put a busy machine's full-track p95 on a bucket edge and fired the clip objective's alert
+IDENTIFY_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 1.0, 1.5, 2.0, 3.0, 4.0,
+                    5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 12.0, 15.0, 20.0, 30.0, 60.0)
+LONG_QUERY_S = 60.0  # a query over this is a whole track ("long"), at most this a clip, the product's case
+IDENTIFY_SECONDS = Histogram(
+    "coverid_identify_duration_seconds",
+    "Time to answer /identify with matches, from the end of the upload, by the query's length: clip (up to "
+    "60 s) or long (over 60 s: whole tracks, which take seconds).",
+    ["query"], buckets=IDENTIFY_BUCKETS,
+)
 REQUESTS = Counter(
     "coverid_requests_total", "HTTP requests answered, by route, method and status code.",
     ["route", "method", "status"],

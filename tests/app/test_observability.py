@@ -135,6 +135,8 @@ def traffic(client: httpx.Client, round_: int) -> None:
     for seed in range(3):
         answer = client.post("/identify", files={"file": ("clip.wav", tune_wav(10, 10 * round_ + seed % 2))})
         assert answer.status_code == 200, answer.text
+    answer = client.post("/identify", files={"file": ("whole.wav", tune_wav(65, 10 * round_))})  # a long query
+    assert answer.status_code == 200, answer.text
     assert client.get("/catalog").status_code == 200
     assert client.delete(f"/catalog/{batch.json()['items'][0]['track']['track_id']}").status_code == 204
     assert client.post("/identify", files={"file": ("x.wav", b"not audio")}).status_code in (415, 422)
@@ -214,6 +216,24 @@ def test_healthy_traffic_fires_no_alert(observed):
         if "alert" in rule and "latency" not in rule["expr"]:
             values = [float(s["value"][1]) for s in prometheus.query(alert_as_indicator(rule["expr"]))]
             assert values and all(v == 0 for v in values), f"{rule['alert']} holds on healthy traffic: {values}"
+
+
+def test_identify_latency_objectives_are_per_query_length_between_close_buckets(observed):
+    """Clips and whole-track queries have objectives of their own (a busy machine's full-track queries once fired
+    the clip objective's alert), and each threshold has bucket edges within 25 % on both sides, so the p95
+    estimate near it is not read off a coarse bucket."""
+    from app.metrics import IDENTIFY_BUCKETS
+
+    prometheus, _, _ = observed
+    classes = {s["metric"]["query"] for s in finite(prometheus.query("coverid:identify_latency_seconds:p95_5m"))}
+    assert classes == {"clip", "long"}
+    latency_alerts = [r for r in rules() if "alert" in r and "latency" in r["expr"]]
+    assert {re.search(r'query="(\w+)"', r["expr"])[1] for r in latency_alerts} == {"clip", "long"}
+    for rule in latency_alerts:
+        threshold = float(ALERT_FORM.match(rule["expr"].strip())["threshold"])
+        assert any(0.75 * threshold <= edge < threshold for edge in IDENTIFY_BUCKETS), rule["alert"]
+        assert any(threshold < edge <= 1.25 * threshold for edge in IDENTIFY_BUCKETS), rule["alert"]
+        assert "objective" in rule["annotations"], rule["alert"]
 
 
 def test_the_store_alert_holds_once_redis_is_gone(observed):

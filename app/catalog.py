@@ -66,8 +66,8 @@ class Catalog:
 
     def __init__(self, store: CatalogStore, index: LocalIndex, model_id: str, settings: IndexSettings,
                  store_retry_s: float, generation: int = 0):
-        self.store = store
-        self.index = index
+        self._store = store
+        self._index = index
         self.model_id = model_id
         self.store_retry_s = store_retry_s
         self.generation = generation
@@ -118,7 +118,7 @@ class Catalog:
         """
         replayed = 0
         while True:
-            changes = self.store.changes_since(self.generation, batch)
+            changes = self._store.changes_since(self.generation, batch)
             if changes is None:
                 raise CatalogBehind(f"the store's change log does not reach back to generation {self.generation}")
             if not changes:
@@ -131,15 +131,15 @@ class Catalog:
             replayed += len(changes)
 
     def _refresh(self, track_id: str) -> None:
-        record = self.store.get(track_id, with_vectors=True)
-        indexed = self.index.contains(track_id)
+        record = self._store.get(track_id, with_vectors=True)
+        indexed = self._index.contains(track_id)
         if record is None or record.model_id != self.model_id:
             if indexed:
-                self.index.remove(track_id)
+                self._index.remove(track_id)
             return
-        if indexed and np.allclose(self.index.vectors(track_id), record.vectors, atol=1e-6):
+        if indexed and np.allclose(self._index.vectors(track_id), record.vectors, atol=1e-6):
             return  # this process wrote it, or already replayed it
-        self.index.add(track_id, record.vectors, record.starts_s, replace=True, sequence=record.sequence)
+        self._index.add(track_id, record.vectors, record.starts_s, replace=True, sequence=record.sequence)
 
     def follow(self, stop: threading.Event, interval_s: float, on_change=None) -> None:
         """Sync every `interval_s` until `stop` is set (the service runs this in a thread); a log that no
@@ -150,9 +150,9 @@ class Catalog:
                     on_change(self)
             except CatalogBehind as err:
                 log.warning("%s; rebuilding the index from the store", err)
-                index, generation = _rebuild(self.store, self.settings)
+                index, generation = _rebuild(self._store, self.settings)
                 with self._writes:
-                    self.index, self.generation = index, generation
+                    self._index, self.generation = index, generation
             except StoreError as err:
                 log.debug("catalogue sync skipped: %s", err)
 
@@ -161,8 +161,8 @@ class Catalog:
         if record.model_id != self.model_id:
             raise CatalogMismatch(f"embeddings of model {record.model_id!r} offered to a {self.model_id!r} catalogue")
         with self._writes:
-            self.store.put(record, replace=replace)
-            self.index.add(record.track_id, record.vectors, record.starts_s, replace=replace, sequence=record.sequence)
+            self._store.put(record, replace=replace)
+            self._index.add(record.track_id, record.vectors, record.starts_s, replace=replace, sequence=record.sequence)
 
     def ingest_many(self, records: list[TrackRecord]) -> None:
         """Store then index new tracks as one batch (one store write where the backend allows it)."""
@@ -170,14 +170,14 @@ class Catalog:
         if foreign:
             raise CatalogMismatch(f"embeddings of model(s) {sorted(foreign)} offered to a {self.model_id!r} catalogue")
         with self._writes:
-            self.store.put_many(records)
-            self.index.add_many([(r.track_id, r.vectors, r.starts_s, r.sequence) for r in records])
+            self._store.put_many(records)
+            self._index.add_many([(r.track_id, r.vectors, r.starts_s, r.sequence) for r in records])
 
     def delete(self, track_id: str) -> bool:
         with self._writes:
-            removed = self.store.delete(track_id)
-            if self.index.contains(track_id):
-                self.index.remove(track_id)
+            removed = self._store.delete(track_id)
+            if self._index.contains(track_id):
+                self._index.remove(track_id)
             return removed
 
     def describe(self, track_ids: list[str]) -> Optional[dict[str, Optional[TrackRecord]]]:
@@ -189,26 +189,49 @@ class Catalog:
         if time.monotonic() < self._store_down_until:
             return None
         try:
-            return {track_id: self.store.get(track_id) for track_id in track_ids}
+            return {track_id: self._store.get(track_id) for track_id in track_ids}
         except StoreUnavailable as err:
             log.warning("catalogue store unavailable, answering without titles for %.0f s: %s", self.store_retry_s, err)
             self._store_down_until = time.monotonic() + self.store_retry_s
             return None
 
     def get(self, track_id: str) -> Optional[TrackRecord]:
-        return self.store.get(track_id)
+        return self._store.get(track_id)
+
+    def page(self, offset: int, limit: int) -> tuple[list[TrackRecord], int]:
+        """Up to `limit` stored tracks from `offset` in the store's order, and how many there are in all."""
+        return self._store.list(offset, limit), self._store.count()
+
+    def stored_tracks(self) -> int:
+        return self._store.count()
+
+    def indexed_tracks(self) -> int:
+        return len(self._index)
+
+    def indexed_vectors(self) -> int:
+        return self._index.vector_count
+
+    def store_reachable(self) -> bool:
+        return self._store.ping()
+
+    @property
+    def store_location(self) -> str:
+        return self._store.location
+
+    def close(self) -> None:
+        self._store.close()
 
     def search(self, vectors: np.ndarray, top_k: int, query_starts_s: Optional[np.ndarray] = None,
                timings: Optional[dict] = None) -> list[Match]:
         """Stages 1 and 2 over the index: the best `top_k` tracks by MaxMean."""
-        return self.index.search(vectors, top_k=top_k, query_starts_s=query_starts_s, timings=timings)
+        return self._index.search(vectors, top_k=top_k, query_starts_s=query_starts_s, timings=timings)
 
     def sequences(self, track_ids: list[str]) -> list[Optional[np.ndarray]]:
         """The indexed pitch-class sequences of these tracks (None for one without, or no longer indexed)."""
         out = []
         for track_id in track_ids:
             try:
-                out.append(self.index.sequence(track_id))
+                out.append(self._index.sequence(track_id))
             except UnknownTrack:  # deleted since the search
                 out.append(None)
         return out
@@ -218,7 +241,7 @@ class Catalog:
         with suppress(StoreError, CatalogBehind):
             self.sync()  # the snapshot then records the latest generation it can
         with self._writes:
-            self.index.save(path, self.model_id, self.generation)
+            self._index.save(path, self.model_id, self.generation)
 
 
 def _rebuild(store: CatalogStore, settings: IndexSettings) -> tuple[LocalIndex, int]:

@@ -234,8 +234,8 @@ def _routes():
         offset: Annotated[int, Query(ge=0, le=MAX_PAGE_END - PAGE_MAX_LIMIT)] = 0,
         limit: Annotated[int, Query(ge=1, le=PAGE_MAX_LIMIT)] = 100,
     ) -> schemas.TrackPage:
-        items = [_track(r) for r in catalog.store.list(offset, limit)]
-        return schemas.TrackPage(total=catalog.store.count(), offset=offset, limit=limit, items=items)
+        records, total = catalog.page(offset, limit)
+        return schemas.TrackPage(total=total, offset=offset, limit=limit, items=[_track(r) for r in records])
 
     @router.get("/catalog/{track_id}", response_model=schemas.Track, responses=schemas.errors(404, 503))
     def get_track(track_id: str, catalog: CatalogDep) -> schemas.Track:
@@ -290,12 +290,12 @@ def _routes():
         catalog: Optional[Catalog] = getattr(request.app.state, "catalog", None)
         if catalog is None:
             return _retry_later(request, {"status": "starting", "detail": "loading the model and the catalogue"})
-        if not catalog.store.ping():
+        if not catalog.store_reachable():
             return _retry_later(request, {"status": "unavailable", "detail": f"the catalogue store "
-                                f"({catalog.store.location}) does not answer; /identify still answers from memory, "
+                                f"({catalog.store_location}) does not answer; /identify still answers from memory, "
                                 "without titles"})
-        body = schemas.Health(status="ready", model_id=catalog.model_id, tracks=catalog.store.count(),
-                              vectors=catalog.index.vector_count)
+        body = schemas.Health(status="ready", model_id=catalog.model_id, tracks=catalog.stored_tracks(),
+                              vectors=catalog.indexed_vectors())
         return JSONResponse(body.model_dump())
 
     @router.get("/metrics", include_in_schema=False)
@@ -361,8 +361,8 @@ def _track(record: TrackRecord) -> schemas.Track:
 
 
 def _update_gauges(catalog: Catalog) -> None:
-    CATALOG_TRACKS.set(len(catalog.index))
-    INDEX_VECTORS.set(catalog.index.vector_count)
+    CATALOG_TRACKS.set(catalog.indexed_tracks())
+    INDEX_VECTORS.set(catalog.indexed_vectors())
 
 
 def _count_ingested(records: list[TrackRecord]) -> None:
@@ -373,7 +373,7 @@ def _count_ingested(records: list[TrackRecord]) -> None:
 def _refresh_health_gauges(app: FastAPI) -> None:
     """Readiness, store and accelerator state as of this scrape (what the alert rules read)."""
     catalog: Optional[Catalog] = getattr(app.state, "catalog", None)
-    store_up = catalog is not None and catalog.store.ping()
+    store_up = catalog is not None and catalog.store_reachable()
     STORE_UP.set(int(store_up))
     READY.set(int(store_up))
     embedder: Optional[Embedder] = getattr(app.state, "embedder", None)

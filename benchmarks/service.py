@@ -50,11 +50,10 @@ def fill(data_dir: Path, tracks: int, args: argparse.Namespace, model_id: str, s
     Returns the index, each work's content (queries are made from it) and tracks per second. With
     `sequence_seconds` (the artifact's stage-3 frame period) every track also gets a random pitch-class sequence.
     """
-    store = SQLiteStore(data_dir)
-    catalog, _ = Catalog.open(store, model_id, data_dir / "index.snapshot",
-                              IndexSettings(sampler.dim, args.k, args.ef, args.m), Settings().retry_after_s)
-    catalog.index = LocalIndex(sampler.dim, k_neighbours=args.k, m=args.m, ef_construction=args.ef_construction,
-                               ef_search=args.ef, initial_capacity=tracks * args.chunks + 1024)
+    store = SQLiteStore(data_dir)  # a new, empty store: the catalogue starts from an empty index of the chosen shape
+    index = LocalIndex(sampler.dim, k_neighbours=args.k, m=args.m, ef_construction=args.ef_construction,
+                       ef_search=args.ef, initial_capacity=tracks * args.chunks + 1024)
+    catalog = Catalog(store, index, model_id, IndexSettings(sampler.dim, args.k, args.ef, args.m), Settings().retry_after_s)
     starts = (np.arange(args.chunks) * 10.0).astype(np.float32)
     duration_s = 10.0 * args.chunks + 10
     started = time.perf_counter()
@@ -70,7 +69,7 @@ def fill(data_dir: Path, tracks: int, args: argparse.Namespace, model_id: str, s
     rate = tracks / (time.perf_counter() - started)
     catalog.save_snapshot(data_dir / "index.snapshot")
     store.close()
-    return catalog.index, contents, rate
+    return index, contents, rate
 
 
 def audio_bytes(seconds: float, seed: int) -> bytes:

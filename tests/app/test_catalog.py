@@ -44,22 +44,22 @@ def test_the_snapshot_is_used_when_it_fits_and_a_changed_m_rebuilds_from_the_sto
     catalog, how = reopen(tmp_path, m=16)
     assert how == "rebuilt"  # nothing to load yet
     catalog.ingest_many([record(f"t{i}", rng) for i in range(5)])
-    query = catalog.index.vectors("t3")[1:3]
+    query = catalog._index.vectors("t3")[1:3]
     catalog.save_snapshot(tmp_path / "index.snapshot")
-    catalog.store.close()
+    catalog.close()
 
     catalog, how = reopen(tmp_path, m=16)
     assert how == "snapshot"
-    assert catalog.index.search(query, top_k=1)[0].track_id == "t3"
+    assert catalog.search(query, top_k=1)[0].track_id == "t3"
     catalog.save_snapshot(tmp_path / "index.snapshot")
-    catalog.store.close()
+    catalog.close()
 
     catalog, how = reopen(tmp_path, m=32)  # M is fixed in a built graph: the new setting needs a rebuild
     assert how == "rebuilt"
-    assert sorted(catalog.index.track_ids()) == [f"t{i}" for i in range(5)]
-    assert catalog.index.search(query, top_k=1)[0].track_id == "t3"
+    assert sorted(catalog._index.track_ids()) == [f"t{i}" for i in range(5)]
+    assert catalog.search(query, top_k=1)[0].track_id == "t3"
     catalog.save_snapshot(tmp_path / "index.snapshot")
-    catalog.store.close()
+    catalog.close()
     assert reopen(tmp_path, m=32)[1] == "snapshot"
 
 
@@ -69,8 +69,8 @@ def saved_catalogue(tmp_path, make_store=SQLiteStore) -> np.ndarray:
     catalog, _ = reopen(tmp_path, m=16, make_store=make_store)
     catalog.ingest_many([record(f"t{i}", rng) for i in range(5)])
     catalog.save_snapshot(tmp_path / "index.snapshot")
-    catalog.store.close()
-    return catalog.index.vectors("t3")[1:3]
+    catalog.close()
+    return catalog._index.vectors("t3")[1:3]
 
 
 def flip_byte_inside_graph(path):
@@ -111,7 +111,7 @@ def test_a_damaged_snapshot_is_moved_aside_and_the_index_rebuilt_from_the_store(
     with caplog.at_level("WARNING", logger="coverid.catalog"):
         catalog, how = reopen(tmp_path, m=16, make_store=make_store)
     assert how == "rebuilt"
-    assert catalog.index.search(query, top_k=1)[0].track_id == "t3"
+    assert catalog.search(query, top_k=1)[0].track_id == "t3"
     assert not (tmp_path / "index.snapshot").exists()
     kept = list(tmp_path.glob("index.snapshot.damaged-*"))
     assert len(kept) == 1 and "cannot be loaded" in caplog.text and str(kept[0]) in caplog.text
@@ -132,19 +132,19 @@ def test_a_second_process_on_the_same_store_converges_by_syncing(tmp_path):
     second, _ = reopen(tmp_path, m=16)
     added = record("t0", rng)
     first.ingest(added)
-    assert not second.index.contains("t0")
+    assert not second._index.contains("t0")
     assert second.sync() >= 1
-    assert second.index.search(added.vectors[1:3], top_k=1)[0].track_id == "t0"
+    assert second.search(added.vectors[1:3], top_k=1)[0].track_id == "t0"
 
     swapped = record("t0", rng)  # a replace through the second replica
     second.ingest(swapped, replace=True)
     first.sync()
-    assert np.allclose(first.index.vectors("t0"), swapped.vectors, atol=1e-6)
+    assert np.allclose(first._index.vectors("t0"), swapped.vectors, atol=1e-6)
 
     first.delete("t0")
     second.sync()
-    assert not second.index.contains("t0") and len(second.index) == 0
-    assert second.sync() == 0 and second.generation == first.store.generation()
+    assert not second._index.contains("t0") and second.indexed_tracks() == 0
+    assert second.sync() == 0 and second.generation == first._store.generation()
 
 
 def test_a_snapshot_whose_counts_match_a_changed_store_is_brought_up_to_date(tmp_path, make_store):
@@ -156,9 +156,9 @@ def test_a_snapshot_whose_counts_match_a_changed_store_is_brought_up_to_date(tmp
     other.close()
     catalog, how = reopen(tmp_path, m=16, make_store=make_store)
     assert how == "snapshot"  # trusted as of its generation, then the log replayed
-    assert np.allclose(catalog.index.vectors("t3"), swapped.vectors, atol=1e-6)
-    assert catalog.index.search(swapped.vectors[:2], top_k=1)[0].track_id == "t3"
-    assert catalog.index.search(query, top_k=1)[0].score < 0.99  # the old content is gone from the index
+    assert np.allclose(catalog._index.vectors("t3"), swapped.vectors, atol=1e-6)
+    assert catalog.search(swapped.vectors[:2], top_k=1)[0].track_id == "t3"
+    assert catalog.search(query, top_k=1)[0].score < 0.99  # the old content is gone from the index
 
 
 def test_a_snapshot_newer_than_the_store_is_not_used(tmp_path):
@@ -167,7 +167,7 @@ def test_a_snapshot_newer_than_the_store_is_not_used(tmp_path):
     for leftover in tmp_path.glob("catalog.sqlite3-*"):
         leftover.unlink()
     catalog, how = reopen(tmp_path, m=16)
-    assert how == "rebuilt" and len(catalog.index) == 0
+    assert how == "rebuilt" and catalog.indexed_tracks() == 0
 
 
 def test_an_old_format_snapshot_is_rebuilt_from_the_store_with_the_sequences(tmp_path, make_store):
@@ -208,8 +208,8 @@ def test_a_named_pipe_at_the_snapshot_path_is_moved_aside_and_the_index_rebuilt(
             pytest.fail("Catalog.open blocked on a named pipe at the snapshot path")
     catalog, how = opened[0]
     assert how == "rebuilt"
-    assert sorted(catalog.index.track_ids()) == [f"t{i}" for i in range(5)]
-    assert catalog.index.search(query, top_k=1)[0].track_id == "t3"
+    assert sorted(catalog._index.track_ids()) == [f"t{i}" for i in range(5)]
+    assert catalog.search(query, top_k=1)[0].track_id == "t3"
     assert not os.path.lexists(snapshot)
     kept = list(tmp_path.glob("index.snapshot.damaged-*"))
     assert len(kept) == 1 and "cannot be loaded" in caplog.text and "not a regular file" in caplog.text

@@ -108,3 +108,18 @@ def test_client_commands_load_neither_torch_nor_the_model_code(command):
     probe = json.loads(result.stdout)
     assert probe["code"] == 0 and probe["stdout"].startswith(f"usage: coverid {command} ")
     assert loaded(probe["modules"], ("torch", "models")) == []
+
+
+def test_exactly_the_routes_that_take_the_model_are_marked_as_using_it():
+    """The back-pressure middleware admits by the `uses_model` marker; a route that takes the embedder without it
+    would bypass the model's queue, and a marked route without the embedder would hold places for nothing."""
+    from app.dependencies import embedder_dep
+    from app.routes import catalog, health, identify
+
+    for router in (catalog.router, identify.router, health.router):
+        for route in router.routes:
+            takes_model = any(d.call is embedder_dep for d in route.dependant.dependencies)
+            assert getattr(route.endpoint, "uses_model", False) == takes_model, route.path
+    marked = {(r.path, m) for router in (catalog.router, identify.router) for r in router.routes for m in r.methods
+              if getattr(r.endpoint, "uses_model", False)}
+    assert marked == {("/catalog", "POST"), ("/catalog/batch", "POST"), ("/identify", "POST")}

@@ -12,7 +12,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI, Request
 
-from app.main import CLIENT_POLL_S, while_connected
+from app.routes.common import CLIENT_POLL_S, while_connected
 from tests.app.conftest import running_service
 
 HEADER_S = 1.0

@@ -1,0 +1,1 @@
+"""The HTTP routes, one module-level router per resource; app/main.py includes them."""

@@ -10,10 +10,13 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Optional
 
 from fastapi import FastAPI, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.backpressure import Admission, Overloaded
 from app.catalog import Catalog, IndexSettings
@@ -82,6 +85,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.add_exception_handler(DecodeCancelled, _client_gone)
     app.add_exception_handler(StoreUnavailable, _store_unavailable)
     app.add_exception_handler(Overloaded, _overloaded)
+    app.add_exception_handler(StarletteHTTPException, partial(_http_error, routes=routes))
     return app
 
 
@@ -109,6 +113,15 @@ async def _store_unavailable(request: Request, err: StoreError) -> JSONResponse:
     detail = ("the catalogue's disk is full: nothing was changed; an operator must free space" if isinstance(err, StoreFull)
               else "the catalogue store is unavailable")
     return retry_later(request, {"detail": f"{detail}; retry in {retry_after} s"})
+
+
+async def _http_error(request: Request, err: StarletteHTTPException, routes: list) -> Response:
+    """FastAPI's own answer, except a 405's Allow: Starlette names the methods of the first route on the path only
+    (POST for /catalog); here every method some route of the path takes (RFC 9110: Allow lists them all)."""
+    if err.status_code == 405:
+        allowed = sorted({m for r in routes if r.path_regex.match(request.url.path) for m in (r.methods or ())})
+        err = StarletteHTTPException(405, err.detail, headers={**(err.headers or {}), "Allow": ", ".join(allowed)})
+    return await http_exception_handler(request, err)
 
 
 async def _overloaded(request: Request, err: Overloaded) -> JSONResponse:

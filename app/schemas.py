@@ -73,7 +73,7 @@ ERROR_MEANINGS = {
     401: "A valid API key is required (Authorization: Bearer <key>)",
     404: "No such track",
     409: "The track_id exists (send replace=true to overwrite)",
-    413: "The body is over COVERID_MAX_UPLOAD_BYTES",
+    413: "The body (or its declared Content-Length) is over COVERID_MAX_UPLOAD_BYTES, on any route",
     415: "Not a readable audio file",
     422: "Invalid parameters, metadata or audio (too short, too long, silent, corrupt)",
     503: "Overloaded, or the catalogue store is unavailable; see Retry-After",

@@ -11,7 +11,7 @@ from app import schemas
 from app.backpressure import Overloaded
 from app.dependencies import CatalogDep, EmbedderDep, SettingsDep, require_key, uses_model
 from app.pipeline import ingest, make_record
-from app.routes.common import (audio_status, count_ingested, parse_metadata, stem, track_answer, update_gauges,
+from app.routes.common import (AUDIO_UPLOAD, audio_status, count_ingested, parse_metadata, stem, track_answer, update_gauges,
                                while_connected)
 from app.store import TrackExists
 from app.store.base import MAX_PAGE_END
@@ -31,11 +31,12 @@ async def add_track(
     catalog: CatalogDep,
     embedder: EmbedderDep,
     settings: SettingsDep,
-    file: Annotated[UploadFile, File(description="the reference recording")],
+    file: Annotated[UploadFile, File(description=f"the reference recording: {AUDIO_UPLOAD}", json_schema_extra={"minLength": 1})],
     track_id: Annotated[Optional[str], Form(max_length=200, pattern=r"^[A-Za-z0-9._:-]+$")] = None,
     title: Annotated[Optional[str], Form(max_length=500)] = None,
     artist: Annotated[Optional[str], Form(max_length=500)] = None,
-    metadata: Annotated[Optional[str], Form(max_length=METADATA_MAX_CHARS, description="a JSON object")] = None,
+    metadata: Annotated[Optional[str], Form(max_length=METADATA_MAX_CHARS,
+                                            description="a JSON object (JSON null or empty: none)")] = None,
     replace: Annotated[bool, Query(description="overwrite an existing track_id")] = False,
 ) -> schemas.Track:
     extra = parse_metadata(metadata)
@@ -60,7 +61,7 @@ async def add_tracks(
     catalog: CatalogDep,
     embedder: EmbedderDep,
     settings: SettingsDep,
-    files: Annotated[list[UploadFile], File(description="reference recordings; each gets a new track_id")],
+    files: Annotated[list[UploadFile], File(min_length=1, description=f"reference recordings, each {AUDIO_UPLOAD}; each gets a new track_id")],
 ) -> schemas.BatchResult:
     items, records = [], []
     for upload in files:
@@ -82,7 +83,7 @@ async def add_tracks(
     return schemas.BatchResult(catalogued=ok, failed=len(items) - ok, items=items)
 
 
-@router.get("/catalog", response_model=schemas.TrackPage, responses=schemas.errors(422, 503))
+@router.get("/catalog", response_model=schemas.TrackPage, responses=schemas.errors(413, 422, 503))
 def list_tracks(
     catalog: CatalogDep,
     offset: Annotated[int, Query(ge=0, le=MAX_PAGE_END - PAGE_MAX_LIMIT)] = 0,
@@ -92,7 +93,7 @@ def list_tracks(
     return schemas.TrackPage(total=total, offset=offset, limit=limit, items=[track_answer(r) for r in records])
 
 
-@router.get("/catalog/{track_id}", response_model=schemas.Track, responses=schemas.errors(404, 503))
+@router.get("/catalog/{track_id}", response_model=schemas.Track, responses=schemas.errors(404, 413, 503))
 def get_track(track_id: str, catalog: CatalogDep) -> schemas.Track:
     record = catalog.get(track_id)
     if record is None:
@@ -101,7 +102,7 @@ def get_track(track_id: str, catalog: CatalogDep) -> schemas.Track:
 
 
 @router.delete("/catalog/{track_id}", status_code=204, dependencies=[Depends(require_key)],
-               responses=schemas.errors(401, 404, 503))
+               responses=schemas.errors(401, 404, 413, 503))
 def delete_track(track_id: str, catalog: CatalogDep) -> Response:
     if not catalog.delete(track_id):
         raise HTTPException(404, f"no track {track_id!r} in the catalogue")

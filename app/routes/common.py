@@ -19,6 +19,9 @@ from app.store import TrackRecord
 from app.store.base import METADATA_LONG_INTEGER, METADATA_TOO_DEEP, metadata_json
 from models.audio import AudioError
 
+# what the schema cannot say about an upload, said in its description (the service answers 415 or 422 otherwise)
+AUDIO_UPLOAD = ("an audio file (WAV, FLAC, OGG/Vorbis, Opus or MP3), not empty, at least 0.5 s long and not silent; "
+                "other content is refused with 415 (not audio) or 422 (unusable audio)")
 CLIENT_POLL_S = 0.25  # how often a running decode checks that its client is still connected
 
 
@@ -40,6 +43,7 @@ async def while_connected(request: Request, work, *args):
 
 
 def parse_metadata(text: Optional[str]) -> dict:
+    """The metadata form field: a JSON object; absent, empty or JSON null mean no metadata."""
     if not text:
         return {}
     try:
@@ -50,6 +54,8 @@ def parse_metadata(text: Optional[str]) -> dict:
         raise HTTPException(422, METADATA_TOO_DEEP) from None
     except ValueError:  # an integer past Python's digit limit (the only ValueError left)
         raise HTTPException(422, METADATA_LONG_INTEGER) from None
+    if value is None:
+        return {}
     if not isinstance(value, dict):
         raise HTTPException(422, f"metadata must be a JSON object, not {type(value).__name__}")
     try:

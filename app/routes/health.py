@@ -18,13 +18,14 @@ from app.routes.common import retry_later
 router = APIRouter()
 
 
-@router.get("/healthz", response_model=schemas.Health)
+@router.get("/healthz", response_model=schemas.Health, responses=schemas.errors(413))
 def healthz() -> schemas.Health:
     return schemas.Health(status="alive")
 
 
 @router.get("/readyz", response_model=schemas.Health,
-            responses={503: {"model": schemas.Health, "description": "Starting, or the store does not answer"}})
+            responses={**schemas.errors(413),
+                       503: {"model": schemas.Health, "description": "Starting, or the store does not answer"}})
 def readyz(request: Request) -> JSONResponse:
     catalog: Optional[Catalog] = getattr(request.app.state, "catalog", None)
     if catalog is None:

@@ -11,7 +11,7 @@ from app import schemas
 from app.dependencies import CatalogDep, EmbedderDep, SettingsDep, require_identify_key, uses_model
 from app.metrics import IDENTIFY_SECONDS, LONG_QUERY_S
 from app.pipeline import ClipDurationError, identify
-from app.routes.common import while_connected
+from app.routes.common import AUDIO_UPLOAD, while_connected
 
 router = APIRouter()
 
@@ -24,7 +24,8 @@ async def identify_clip(
     catalog: CatalogDep,
     embedder: EmbedderDep,
     settings: SettingsDep,
-    file: Annotated[UploadFile, File(description="the clip to identify, 6 to 60 s typically")],
+    file: Annotated[UploadFile, File(description=f"the clip to identify, 6 to 60 s typically: {AUDIO_UPLOAD}",
+                                     json_schema_extra={"minLength": 1})],
     top_k: Annotated[int, Query(ge=1)] = 10,
     min_score: Annotated[Optional[float], Query(ge=-1.0, le=1.0)] = None,
 ) -> schemas.IdentifyResponse:

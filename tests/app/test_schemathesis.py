@@ -33,3 +33,36 @@ def test_generated_requests_get_documented_answers(service, tmp_path):
          "--report", "junit", "--report-dir", str(tmp_path / "report")],
         capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+
+
+def test_a_wrong_method_gets_405_with_every_method_of_the_path_in_allow(service):
+    """Starlette's 405 named only the first route of a path (POST for /catalog, which also takes GET)."""
+    import httpx
+
+    expected = {"/catalog": "GET, POST", "/catalog/t1": "DELETE, GET", "/identify": "POST", "/healthz": "GET"}
+    spec = httpx.get(f"{service.url}/openapi.json").json()
+    for path, allow in expected.items():
+        template = "/catalog/{track_id}" if path == "/catalog/t1" else path
+        assert allow == ", ".join(sorted(m.upper() for m in spec["paths"][template]))  # what the schema declares
+        for method in ("OPTIONS", "PUT", "PATCH"):
+            answer = httpx.request(method, f"{service.url}{path}", headers={"Authorization": f"Bearer {KEY}"})
+            assert answer.status_code == 405 and answer.headers["allow"] == allow, (method, path, answer.headers)
+
+
+def test_what_the_schema_allows_in_the_catalogue_forms_is_accepted_and_what_it_refuses_it_says(service):
+    import httpx
+
+    from tests.conftest import tune_wav
+
+    auth = {"Authorization": f"Bearer {KEY}"}
+    added = httpx.post(f"{service.url}/catalog", headers=auth, data={"metadata": "null"},
+                       files={"file": ("t.wav", tune_wav(25, 3))}, timeout=60)
+    assert added.status_code == 201 and added.json()["metadata"] == {}, added.text  # JSON null: no metadata
+    spec = httpx.get(f"{service.url}/openapi.json").json()["components"]["schemas"]
+    batch = next(s for name, s in spec.items() if name.startswith("Body_add_tracks"))
+    assert batch["properties"]["files"]["minItems"] == 1
+    for name in ("Body_add_track", "Body_identify_clip"):
+        upload = next(s for n, s in spec.items() if n.startswith(name))["properties"]["file"]
+        assert upload["minLength"] == 1 and "WAV" in upload["description"]
+    empty = httpx.post(f"{service.url}/identify", files={"file": ("e.wav", b"")}, timeout=60)
+    assert empty.status_code == 422

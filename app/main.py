@@ -119,7 +119,11 @@ async def _http_error(request: Request, err: StarletteHTTPException, routes: lis
     """FastAPI's own answer, except a 405's Allow: Starlette names the methods of the first route on the path only
     (POST for /catalog); here every method some route of the path takes (RFC 9110: Allow lists them all)."""
     if err.status_code == 405:
-        allowed = sorted({m for r in routes if r.path_regex.match(request.url.path) for m in (r.methods or ())})
+        path = request.url.path
+        matching = [r for r in routes if r.path_regex.match(path)]
+        # a literal path is its own resource: /catalog/batch takes POST, although /catalog/{track_id} matches it too
+        matching = [r for r in matching if r.path == path] or matching
+        allowed = sorted({m for r in matching for m in (r.methods or ())})
         err = StarletteHTTPException(405, err.detail, headers={**(err.headers or {}), "Allow": ", ".join(allowed)})
     return await http_exception_handler(request, err)
 

@@ -35,9 +35,7 @@ class Admission:
     def start_upload(self) -> None:
         """From the headers: take an upload place, or raise Overloaded when the queue or the uploads are full."""
         with self._lock:
-            if self._inside >= self.size:
-                REJECTED.labels("queue_full").inc()
-                raise Overloaded(f"{self.size} requests are already being served; retry later")
+            self._refuse_when_queue_full()
             if self._uploading >= self.uploads:
                 REJECTED.labels("uploads_full").inc()
                 raise Overloaded(f"{self.uploads} uploads are already arriving; retry later")
@@ -52,11 +50,14 @@ class Admission:
     def enter(self) -> None:
         """The body has arrived: take a place in the model's queue, or raise Overloaded when all are taken."""
         with self._lock:
-            if self._inside >= self.size:
-                REJECTED.labels("queue_full").inc()
-                raise Overloaded(f"{self.size} requests are already being served; retry later")
+            self._refuse_when_queue_full()
             self._inside += 1
             QUEUE_DEPTH.set(self._inside)
+
+    def _refuse_when_queue_full(self) -> None:  # called holding the lock
+        if self._inside >= self.size:
+            REJECTED.labels("queue_full").inc()
+            raise Overloaded(f"{self.size} requests are already being served; retry later")
 
     def leave(self) -> None:
         with self._lock:

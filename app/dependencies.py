@@ -81,7 +81,6 @@ def route_using_model(routes: list, scope) -> Optional[APIRoute]:
     return route if route is not None and getattr(route.endpoint, "uses_model", False) else None
 
 
-
 def uses_model(endpoint: Callable) -> Callable:
     """Marks a route that runs the model: it is admitted by app/backpressure.py (an upload place from its headers,
     a place in the model's queue once its body is in) and must take the embedder (EmbedderDep)."""

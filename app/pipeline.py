@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
@@ -21,13 +21,9 @@ from app.backpressure import Admission, Overloaded
 from app.metrics import REJECTED, STAGE_SECONDS
 from app.store import TrackRecord
 from index.fusion import rerank
+from models.audio import StopCheck, never_stop
 from models.extractor import LoadedExtractor, LocalEmbeddings
 
-StopCheck = Callable[[], bool]  # asked while decoding: True when the caller no longer wants the answer
-
-
-def never() -> bool:
-    return False
 
 
 class ClipDurationError(ValueError):
@@ -94,7 +90,7 @@ class Embedder:
     def device(self) -> torch.device:
         return self.extractor.device
 
-    def embed(self, data: bytes, max_seconds: float, clock: StageClock, should_stop: StopCheck = never) -> LocalEmbeddings:
+    def embed(self, data: bytes, max_seconds: float, clock: StageClock, should_stop: StopCheck = never_stop) -> LocalEmbeddings:
         started = time.perf_counter()
         waveform = self.extractor.decode(data, max_seconds=max_seconds, should_stop=should_stop)
         decoded = time.perf_counter()
@@ -118,7 +114,7 @@ def make_record(
     title: Optional[str] = None,
     artist: Optional[str] = None,
     metadata: Optional[dict] = None,
-    should_stop: StopCheck = never,
+    should_stop: StopCheck = never_stop,
 ) -> TrackRecord:
     """Decode and embed an upload into a catalogue record (not stored yet)."""
     embeddings = embedder.embed(data, max_seconds, StageClock(), should_stop)
@@ -146,7 +142,7 @@ def ingest(
     artist: Optional[str] = None,
     metadata: Optional[dict] = None,
     replace: bool = False,
-    should_stop: StopCheck = never,
+    should_stop: StopCheck = never_stop,
 ) -> TrackRecord:
     record = make_record(embedder, data, max_seconds, track_id, title, artist, metadata, should_stop)
     started = time.perf_counter()
@@ -163,7 +159,7 @@ def identify(
     min_score: Optional[float],
     min_seconds: float,
     max_seconds: float,
-    should_stop: StopCheck = never,
+    should_stop: StopCheck = never_stop,
 ) -> Identification:
     clock = StageClock()
     started = time.perf_counter()

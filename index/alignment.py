@@ -144,6 +144,9 @@ def qmax(recurrence: Tensor, gap_onset: float, gap_extension: float) -> tuple[Te
     return best, best_row, row_col.gather(0, best_row[None])[0]
 
 
+CPU_BLOCK = 50  # candidates aligned at once on the CPU (see align)
+
+
 def align(query: Tensor, candidates: list[Tensor], settings: AlignmentSettings = AlignmentSettings()) -> Alignment:
     """Align the (12, n) query with every (12, m_b) candidate; sequences of any numeric dtype (uint8 as stored)."""
     if not candidates:
@@ -156,8 +159,6 @@ def align(query: Tensor, candidates: list[Tensor], settings: AlignmentSettings =
         return parts[0]
     return Alignment(*(torch.cat([getattr(part, field.name) for part in parts]) for field in fields(Alignment)))
 
-
-CPU_BLOCK = 50
 
 
 def align_block(query: Tensor, candidates: list[Tensor], settings: AlignmentSettings) -> Alignment:

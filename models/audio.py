@@ -49,6 +49,13 @@ class AudioError(ValueError):
         self.reason = reason
 
 
+StopCheck = Callable[[], bool]  # asked between blocks: True when the caller no longer wants the audio
+
+
+def never_stop() -> bool:
+    return False
+
+
 class DecodeCancelled(Exception):
     """`should_stop` said so between two blocks: the caller no longer wants the audio (its client has gone)."""
 
@@ -64,7 +71,7 @@ def decode_audio(
     sample_rate: int,
     max_seconds: float | None = None,
     min_seconds: float = MIN_SECONDS,
-    should_stop: Callable[[], bool] = lambda: False,
+    should_stop: StopCheck = never_stop,
 ) -> torch.Tensor:
     """Decode, check, mix to mono and resample. Returns a (samples,) float32 tensor.
 
@@ -225,7 +232,7 @@ def _fft_resample(waveform: torch.Tensor, orig: int, new: int) -> torch.Tensor:
     return (torch.fft.irfft(spectrum, n=target) * (target / length)).float()
 
 
-def _read(source: AudioSource, max_seconds: float | None, take, should_stop: Callable[[], bool]) -> tuple[int, int]:
+def _read(source: AudioSource, max_seconds: float | None, take, should_stop: StopCheck) -> tuple[int, int]:
     """Hand the file to `take(rate, block)` block by block ((frames, channels) float32) after the header
     checks; returns (frames read, source rate)."""
     if isinstance(source, (bytes, bytearray, memoryview)):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Callable, List, Mapping, Optional, Tuple
+from typing import List, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from index.alignment import AlignmentSettings
 from index.common import DeviceUnavailable, choose_device, replaced_atomically, state_dict_sha256
 from index.fusion import FusionSettings
-from models.audio import AudioSource, decode_audio
+from models.audio import AudioSource, StopCheck, decode_audio, never_stop
 from models.config import FORMAT_VERSION, ExtractorConfig, config_mismatches
 from models.fourier import Local2DFTM
 from models.frontend import FrontEnd
@@ -137,7 +137,7 @@ class LoadedExtractor:
         return self.config.model_id
 
     def decode(self, source: AudioSource, max_seconds: float | None = None,
-               should_stop: Callable[[], bool] = lambda: False) -> Tensor:
+               should_stop: StopCheck = never_stop) -> Tensor:
         return decode_audio(source, self.config.sample_rate, max_seconds=max_seconds, should_stop=should_stop)
 
     @torch.inference_mode()

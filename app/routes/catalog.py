@@ -11,8 +11,8 @@ from app import schemas
 from app.backpressure import Overloaded
 from app.dependencies import CatalogDep, EmbedderDep, SettingsDep, require_key, uses_model
 from app.pipeline import ingest, make_record
-from app.routes.common import (AUDIO_UPLOAD, audio_status, count_ingested, parse_metadata, stem, track_answer, update_gauges,
-                               while_connected)
+from app.routes.common import (AUDIO_UPLOAD, audio_status, count_ingested, parse_metadata, stem, track_answer,
+                               update_gauges, while_connected)
 from app.store import TrackExists
 from app.store.base import MAX_PAGE_END
 from models.audio import AudioError
@@ -31,7 +31,8 @@ async def add_track(
     catalog: CatalogDep,
     embedder: EmbedderDep,
     settings: SettingsDep,
-    file: Annotated[UploadFile, File(description=f"the reference recording: {AUDIO_UPLOAD}", json_schema_extra={"minLength": 1})],
+    file: Annotated[UploadFile, File(description=f"the reference recording: {AUDIO_UPLOAD}",
+                                     json_schema_extra={"minLength": 1})],
     track_id: Annotated[Optional[str], Form(max_length=200, pattern=r"^[A-Za-z0-9._:-]+$")] = None,
     title: Annotated[Optional[str], Form(max_length=500)] = None,
     artist: Annotated[Optional[str], Form(max_length=500)] = None,
@@ -61,7 +62,8 @@ async def add_tracks(
     catalog: CatalogDep,
     embedder: EmbedderDep,
     settings: SettingsDep,
-    files: Annotated[list[UploadFile], File(min_length=1, description=f"reference recordings, each {AUDIO_UPLOAD}; each gets a new track_id")],
+    files: Annotated[list[UploadFile], File(min_length=1, description=f"reference recordings, each {AUDIO_UPLOAD}; "
+                                                                     "each gets a new track_id")],
 ) -> schemas.BatchResult:
     items, records = [], []
     for upload in files:

@@ -226,6 +226,14 @@ class Catalog:
         """Stages 1 and 2 over the index: the best `top_k` tracks by MaxMean."""
         return self._index.search(vectors, top_k=top_k, query_starts_s=query_starts_s, timings=timings)
 
+    def chunk_scores(self, vectors: np.ndarray, k_neighbours: int) -> tuple[list[str], np.ndarray]:
+        """Each query chunk's best cosine with each track stage 1 reaches from it (index.LocalIndex.chunk_scores)."""
+        return self._index.chunk_scores(vectors, k_neighbours)
+
+    def score(self, vectors: np.ndarray, track_ids: list[str], query_starts_s: Optional[np.ndarray] = None) -> list[Match]:
+        """Stage 2 of the query against these tracks only."""
+        return self._index.score(vectors, track_ids, query_starts_s)
+
     def sequences(self, track_ids: list[str]) -> list[Optional[np.ndarray]]:
         """The indexed pitch-class sequences of these tracks (None for one without, or no longer indexed)."""
         out = []

@@ -62,19 +62,32 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _cmd_identify(args: argparse.Namespace) -> int:
-    with _client(args, timeout=120) as client:
-        response = client.post("/identify", files={"file": (args.file.name, args.file.read_bytes())},
-                               params={"top_k": args.top_k})
+    route, params = ("/identify/segments", {}) if args.segments else ("/identify", {"top_k": args.top_k})
+    with _client(args, timeout=600 if args.segments else 120) as client:
+        response = client.post(route, files={"file": (args.file.name, args.file.read_bytes())}, params=params)
     if response.status_code != 200:
         print(f"error: {response.status_code} {_detail(response)}", file=sys.stderr)
         return 2
     body = response.json()
     print(f"{args.file}: {body['query_duration_s']:.1f} s, {body['n_segments']} segments, "
           f"{body['timings_ms']['total']:.0f} ms")
+    if args.segments:
+        for span in body["spans"]:
+            found = "no match" if span["track_id"] is None else \
+                f"{span['track_id']}  {span['title'] or ''}  score {span['score']:.3f}{_decision(span)}"
+            print(f"{span['start_s']:>8.1f} - {span['end_s']:>8.1f} s  {found}")
+        return 0
     for rank, match in enumerate(body["matches"], 1):
-        print(f"{rank:>3}. {match['track_id']}  {match['title'] or ''}  score {match['score']:.3f}  "
+        print(f"{rank:>3}. {match['track_id']}  {match['title'] or ''}  score {match['score']:.3f}{_decision(match)}  "
               f"clip {match['query_start_s']:.0f} s ~ track {match['reference_start_s']:.0f} s")
     return 0
+
+
+def _decision(found: dict) -> str:
+    if found.get("is_match") is None:
+        return ""
+    confidence = "" if found.get("confidence") is None else f" (confidence {found['confidence']:.3f})"
+    return f"  {'MATCH' if found['is_match'] else 'no match'}{confidence}"
 
 
 def _detail(response) -> str:
@@ -103,6 +116,8 @@ def _add_service_commands(commands) -> None:
     ident.add_argument("--url", help="the service (default: COVERID_URL, else http://127.0.0.1:8000)")
     ident.add_argument("--api-key", help="default: COVERID_API_KEY")
     ident.add_argument("--top-k", type=int, default=5)
+    ident.add_argument("--segments", action="store_true",
+                       help="a long upload of several works (a set list, a mix): the works it plays, span by span")
     ident.set_defaults(run=_cmd_identify)
 
 

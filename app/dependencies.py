@@ -34,6 +34,17 @@ CatalogDep = Annotated[Catalog, Depends(catalog_dep)]
 EmbedderDep = Annotated[Embedder, Depends(embedder_dep)]
 
 
+def one_value_per_parameter(request: Request) -> None:
+    """Every query parameter of the API takes one value: `?offset=1&offset=2` is refused, not read as the last one
+    (which value a client meant is a guess; the schema says "integer", not "array")."""
+    route = request.scope.get("route")
+    declared = {p.alias for p in route.dependant.query_params} if isinstance(route, APIRoute) else set()
+    repeated = sorted({k for k in request.query_params.keys() if k in declared
+                       and len(request.query_params.getlist(k)) > 1})
+    if repeated:
+        raise HTTPException(422, f"query parameter {', '.join(repeated)} is given more than once; send each once")
+
+
 def key_valid(authorization: str, settings: Settings) -> bool:
     if not settings.api_keys:
         return True

@@ -13,20 +13,21 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import Optional
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.backpressure import Admission, Overloaded
 from app.catalog import Catalog, IndexSettings
-from app.dependencies import key_valid, route_needing_key, route_using_model
+from app.dependencies import key_valid, one_value_per_parameter, route_needing_key, route_using_model
 from app.limits import AdmitBeforeBody, BodyLimit, KeyBeforeBody, RequestMetrics
 from app.metrics import ABANDONED, MODEL_INFO
-from app.pipeline import Embedder
+from app.pipeline import Embedder, load_decision
 from app.routes import catalog as catalog_routes
 from app.routes import health as health_routes
 from app.routes import identify as identify_routes
+from app.routes import page as page_routes
 from app.routes.common import audio_status, retry_later, update_gauges
 from app.settings import Settings, get_settings
 from app.store import StoreError, StoreFull, StoreUnavailable, open_store
@@ -45,8 +46,12 @@ async def lifespan(app: FastAPI):
     catalog, how = Catalog.open(store, extractor.model_id, settings.snapshot_path,
                                 IndexSettings.of(settings, extractor.config.embedding_dim), settings.retry_after_s)
     log.info("model %s on %s; %d tracks, index %s", extractor.model_id, extractor.device, store.count(), how)
+    decision, why_not = load_decision(settings.calibration_path, settings.false_match_rate, extractor,
+                                      required="calibration_path" in settings.model_fields_set)
+    if decision is None:
+        log.warning("matches carry no is_match or confidence: %s", why_not)
     app.state.embedder = Embedder(extractor, settings.queue_size, settings.queue_wait_s, settings.stage3_top_n,
-                                  settings.upload_slots)
+                                  settings.upload_slots, decision)
     app.state.catalog = catalog
     MODEL_INFO.labels(extractor.model_id, str(extractor.device)).set(1)
     update_gauges(catalog)
@@ -68,10 +73,11 @@ async def lifespan(app: FastAPI):
 
 def create_app(settings: Optional[Settings] = None) -> FastAPI:
     settings = settings or get_settings()
-    app = FastAPI(title="coverid", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="coverid", version="0.1.0", lifespan=lifespan, dependencies=[Depends(one_value_per_parameter)],
                   description="Which catalogue song is this clip a cover of? (ByteCover3)")
     app.state.settings = settings
-    routers = (catalog_routes.router, identify_routes.router, health_routes.router)
+    routers = (catalog_routes.router, identify_routes.router, health_routes.router,
+               *((page_routes.router,) if settings.demo_page else ()))
     routes = [route for router in routers for route in router.routes]  # what the middleware matches from the headers
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(AdmitBeforeBody, model_route=lambda scope: route_using_model(routes, scope),

@@ -24,7 +24,7 @@ LONG_QUERY_S = 60.0  # a query over this is a whole track ("long"), at most this
 IDENTIFY_SECONDS = Histogram(
     "coverid_identify_duration_seconds",
     "Time to answer /identify with matches, from the end of the upload, by the query's length: clip (up to "
-    "60 s) or long (over 60 s: whole tracks, which take seconds).",
+    "60 s) or long (over 60 s: whole tracks, which take seconds); segments: /identify/segments (set lists).",
     ["query"], buckets=IDENTIFY_BUCKETS,
 )
 REQUESTS = Counter(

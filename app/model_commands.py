@@ -1,4 +1,4 @@
-"""The model commands of `coverid`: export, embed, corpus, train, evaluate, distil, examples, demo-audio.
+"""The model commands of `coverid`: export, embed, corpus, train, evaluate, calibrate, distil, examples, demo-audio.
 
 Registered by app/cli.py only when one of them (or the whole help) is asked for, so the service's
 commands never load torch or the training room. Each parses, calls a library function, prints.
@@ -12,13 +12,15 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 import soundfile as sf
 import torch
 
 from app.console import progress_line
-from app.settings import get_settings
+from app.settings import SHIPPED_CALIBRATION, SHIPPED_MODEL, get_settings
 from index.alignment import AlignmentSettings
+from index.calibration import calibration_mismatch
 from index.fusion import FusionSettings
 from models.audio import AudioError
 from models.config import FEATURES, ExtractorConfig
@@ -178,7 +180,7 @@ def _service_index(dim: int, k_neighbours: int):
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from models.training.chroma_baseline import chroma_2dftm, pitch_2dftm
     from models.training.compare import Method, compare
-    from models.training.evaluation import QUERY_SECONDS, Stage3
+    from models.training.evaluation import QUERY_SECONDS
     from models.training.train import artifact_embedder
 
     torch.set_num_threads(args.threads)
@@ -186,8 +188,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for spec in args.model:
         name, _, path = spec.partition("=")
         loaded = load_extractor(path, "cpu")
-        stage3 = None if args.no_stage3 or loaded.stage3 is None else \
-            Stage3(loaded.module.frontend.pitch_sequence, *loaded.stage3)
+        stage3 = None if args.no_stage3 else _stage3(loaded, args.calibration, get_settings().false_match_rate)
         methods.append(Method(name, loaded.config, artifact_embedder(loaded.module), loaded.module.frontend.spectrogram,
                               stage3))
     if args.chroma:
@@ -211,6 +212,66 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     written = write_report(results, args.out)
     print(Path(written["markdown"]).read_text())
+    return 0
+
+
+def _stage3(loaded, calibration_path: Optional[Path] = None, false_match_rate: float = 0.01):
+    """The artifact's stage 3 as the evaluation runs it, with the match decision when a calibration for this model
+    and these stage-3 settings is at `calibration_path`; None when the artifact has no stage 3."""
+    from index.calibration import Calibration
+    from models.training.evaluation import Stage3
+
+    if loaded.stage3 is None:
+        return None
+    calibration = None
+    if calibration_path is not None and calibration_path.is_file():
+        calibration = Calibration.load(calibration_path)
+        mismatch = calibration_mismatch(calibration, loaded.model_id, loaded.stage3)
+        if mismatch:
+            print(f"calibration {calibration_path} not used: {mismatch}", file=sys.stderr)
+            calibration = None
+    return Stage3(loaded.module.frontend.pitch_sequence, *loaded.stage3, calibration, false_match_rate)
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from models.training.calibrate import absent_work_bests, fit_calibration
+    from models.training.distil import audio_files
+    from models.training.evaluation import Recording
+    from models.training.recording_list import cached_features, feature_key
+    from models.training.train import artifact_embedder
+
+    torch.set_num_threads(args.threads)
+    loaded = load_extractor(args.model, "cpu")
+    stage3 = _stage3(loaded)
+    if stage3 is None:
+        raise ArtifactError(f"{args.model} has no stage 3: its scores are MaxMean only, which this fit does not cover")
+    recordings, skipped = [], []
+    listed = audio_files(args.audio)
+    show = progress_line("features", with_failures=False)
+    for done, rec in enumerate(listed, start=1):
+        arrays = cached_features([rec], loaded.module.frontend.spectrogram, loaded.config.sample_rate, args.cache,
+                                 feature_key(loaded.config), skipped=skipped)
+        recordings += [Recording(rec.performance_id, rec.performance_id, torch.from_numpy(a)) for a in arrays]
+        show(done, len(listed))
+    for error in skipped:
+        print(f"skipped: {error}", file=sys.stderr)
+    bests = absent_work_bests(artifact_embedder(loaded.module), recordings, stage3, loaded.config.frame_seconds,
+                              seed=args.seed, clips_per_length=args.clips_per_length,
+                              k_neighbours=get_settings().k_neighbours, index_factory=_service_index,
+                              progress=progress_line("clips", with_failures=False))
+    if args.bests_out:  # the raw bests, to look at their tail or refit without the hour of queries
+        args.bests_out.write_text(json.dumps({f"{s:g}": b for s, b in sorted(bests.items())}) + "\n")
+    fitted_on = (f"{len(recordings)} real recordings under {', '.join(map(str, args.audio))}, each its own work; "
+                 f"{args.clips_per_length} clips per length, each against the other {len(recordings) - 1}")
+    calibration = fit_calibration(bests, loaded.model_id, stage3, len(recordings) - 1, fitted_on)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    calibration.save(args.out)
+    rate = get_settings().false_match_rate
+    for fit in calibration.lengths:
+        threshold = calibration.threshold(fit.seconds, calibration.catalogue_tracks, rate)
+        print(f"{fit.seconds:>5g} s: {fit.queries} clips, mu {fit.mu:.4f}, beta {fit.beta:.4f}, "
+              f"is_match from {threshold:.4f} at a false-match rate of {rate:g}")
+    print(f"wrote {args.out}")
     return 0
 
 
@@ -387,7 +448,22 @@ def add_model_commands(commands) -> None:
     evaluation.add_argument("--limit-works", type=int)
     evaluation.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     evaluation.add_argument("--seed", type=int, default=0)
+    evaluation.add_argument("--calibration", type=Path, default=SHIPPED_CALIBRATION,
+                            help="measure the is_match decision (false-match rate, recall) with this calibration, "
+                            "when it was fitted for the model; the rate is COVERID_FALSE_MATCH_RATE")
     evaluation.set_defaults(run=_cmd_evaluate)
+
+    calibrate = commands.add_parser("calibrate", help="fit the is_match decision on real recordings that cover "
+                                    "nothing in their catalogue (each file its own work; never the validation set)")
+    calibrate.add_argument("--audio", type=Path, action="append", required=True, help="folder of audio files, repeatable")
+    calibrate.add_argument("--model", type=Path, default=SHIPPED_MODEL)
+    calibrate.add_argument("--cache", type=Path, default=Path("cache/fit"), help="where the recordings' features are cached")
+    calibrate.add_argument("--out", type=Path, default=SHIPPED_CALIBRATION)
+    calibrate.add_argument("--clips-per-length", type=int, default=5)
+    calibrate.add_argument("--bests-out", type=Path, help="also write each clip's best score here (JSON)")
+    calibrate.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    calibrate.add_argument("--seed", type=int, default=0)
+    calibrate.set_defaults(run=_cmd_calibrate)
 
     distiller = commands.add_parser("distil", help="train the pitch student: basic-pitch's notes from the CQT")
     distiller.add_argument("--audio", type=Path, action="append", required=True,

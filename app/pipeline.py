@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -20,6 +21,7 @@ from app.catalog import Catalog
 from app.backpressure import Admission, Overloaded
 from app.metrics import REJECTED, STAGE_SECONDS
 from app.store import TrackRecord
+from index.calibration import Calibration, CalibrationError, MatchDecision, calibration_mismatch
 from index.fusion import rerank
 from models.audio import StopCheck, never_stop
 from models.extractor import LoadedExtractor, LocalEmbeddings
@@ -52,6 +54,8 @@ class MatchResult:
     score: float
     query_start_s: float
     reference_start_s: float
+    is_match: Optional[bool] = None  # None: no calibration for this model and stage 3
+    confidence: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -71,13 +75,15 @@ class Embedder:
     """
 
     def __init__(self, extractor: LoadedExtractor, queue_size: int = 16, queue_wait_s: float = 2.0,
-                 stage3_top_n: Optional[int] = None, upload_slots: Optional[int] = None):
+                 stage3_top_n: Optional[int] = None, upload_slots: Optional[int] = None,
+                 decision: Optional[MatchDecision] = None):
         self.extractor = extractor
         stage3 = extractor.stage3
         if stage3 is not None and stage3_top_n is not None:  # the service's setting overrides the artifact's N
             stage3 = (dataclasses.replace(stage3[0], top_n=stage3_top_n), stage3[1])
         # (fusion, alignment) settings of stage 3, or None: the artifact has none, or N is 0
         self.stage3 = stage3 if stage3 is not None and stage3[0].top_n > 0 else None
+        self.decision = decision if self.stage3 is not None else None  # it is fitted on stage 3's fused scores
         self.admission = Admission(queue_size, upload_slots)
         self.queue_wait_s = queue_wait_s
         self._lock = threading.Lock()
@@ -104,6 +110,27 @@ class Embedder:
             self._lock.release()
         clock.add("embed", time.perf_counter() - decoded)
         return embeddings
+
+
+def load_decision(path: Optional[Path], false_match_rate: float, extractor: LoadedExtractor,
+                  required: bool = False) -> tuple[Optional[MatchDecision], str]:
+    """The match decision for this model from the calibration at `path`, and why there is none when there is not.
+    `required` (the path was set explicitly): a missing or unusable file is an error, not a note."""
+    why = ""
+    if path is None:
+        why = "no calibration set (COVERID_CALIBRATION_PATH)"
+    elif extractor.stage3 is None:
+        why = "the model has no stage 3, whose fused scores the calibration describes"
+    elif not path.is_file():
+        why = f"no calibration at {path}; fit one with `coverid calibrate`"
+    else:
+        calibration = Calibration.load(path)
+        why = calibration_mismatch(calibration, extractor.model_id, extractor.stage3)
+        if not why:
+            return MatchDecision(calibration, false_match_rate), ""
+    if required and path is not None:
+        raise CalibrationError(f"COVERID_CALIBRATION_PATH: {why}")
+    return None, why
 
 
 def make_record(
@@ -173,25 +200,45 @@ def identify(
                              timings=stages)
     for stage, seconds in stages.items():
         clock.add(stage, seconds)
+    aligned_count = 0  # the first matches, re-scored by stage 3: the ones the decision applies to
     if stage3 and matches and embeddings.sequence is not None:
         aligned = time.perf_counter()
         fusion, alignment = stage3
         sequences = catalog.sequences([m.track_id for m in matches[: fusion.top_n]])
         matches = rerank(matches, embeddings.sequence, sequences, embeddings.duration_s,
                          embedder.extractor.config.sequence_frame_seconds, fusion, alignment)
+        aligned_count = min(fusion.top_n, len(matches))
         clock.add("align", time.perf_counter() - aligned)
     matches = matches[:top_k]
+    decided = list(zip(matches, _decisions(embedder.decision, [m.score for m in matches], aligned_count,
+                                           embeddings.duration_s, catalog.indexed_tracks())))
     if min_score is not None:
-        matches = [m for m in matches if m.score >= min_score]
-    records = catalog.describe([m.track_id for m in matches])
+        decided = [(m, d) for m, d in decided if m.score >= min_score]
+    records = catalog.describe([m.track_id for m, _ in decided])
     results = []
-    for match in matches:
+    for match, (is_match, confidence) in decided:
         if records is not None and records[match.track_id] is None:  # deleted between the search and now
             continue
         record = records[match.track_id] if records is not None else None
         results.append(MatchResult(match.track_id, record.title if record else None, record.artist if record else None,
                                    round(match.score, 5), round(float(match.query_start_s), 3),
-                                   round(float(match.reference_start_s), 3)))
+                                   round(float(match.reference_start_s), 3), is_match, confidence))
     clock.seconds["total"] = time.perf_counter() - started
     return Identification(results, round(embeddings.duration_s, 3), int(embeddings.vectors.shape[0]),
                           clock.milliseconds(), metadata_unavailable=records is None)
+
+
+def _decisions(decision: Optional[MatchDecision], scores: list[float], aligned_count: int, seconds: float,
+               catalogue_tracks: int) -> list[tuple[Optional[bool], Optional[float]]]:
+    """(is_match, confidence) per match: (None, None) without a decision; a match stage 3 did not align (beyond its
+    N) is no match, with no confidence, since its score is on MaxMean's scale, not the calibrated one."""
+    if decision is None:
+        return [(None, None)] * len(scores)
+    out: list[tuple[Optional[bool], Optional[float]]] = []
+    for i, score in enumerate(scores):
+        if i < aligned_count:
+            is_match, confidence = decision.decide(score, seconds, catalogue_tracks)
+            out.append((is_match, round(confidence, 4)))
+        else:
+            out.append((False, None))
+    return out

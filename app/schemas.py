@@ -42,9 +42,19 @@ class Match(BaseModel):
     track_id: str
     title: Optional[str] = None
     artist: Optional[str] = None
-    score: float = Field(description="MaxMean similarity of the clip and the track; higher is better")
+    score: float = Field(description="how alike the clip and the track are, higher is better: for the candidates "
+                         "stage 3 aligns, MaxMean of the local embeddings fused with the alignment score (weights by "
+                         "query length); for any beyond them, MaxMean alone")
     query_start_s: float = Field(description="start of the best-matching clip segment")
     reference_start_s: float = Field(description="where that segment sits in the catalogue track")
+    is_match: Optional[bool] = Field(None, description="the decision a rights team can act on: true when `confidence` "
+                                     "is at least 1 - COVERID_FALSE_MATCH_RATE (default 0.01), so about that share "
+                                     "of clips of works absent from the catalogue get any match. Null when the "
+                                     "service has no calibration for its model")
+    confidence: Optional[float] = Field(None, ge=0.0, le=1.0, description="1 minus the chance that a clip of a work "
+                                        "absent from the catalogue scores this high, for a query this long in a "
+                                        "catalogue this large (calibrated on real recordings). Null without a "
+                                        "calibration, or for a match stage 3 did not align (then is_match is false)")
 
 
 class IdentifyResponse(BaseModel):
@@ -54,6 +64,29 @@ class IdentifyResponse(BaseModel):
     timings_ms: dict[str, float]
     metadata_unavailable: bool = Field(False, description="true when the catalogue store did not answer: the "
                                        "matches are ranked as usual but carry no title or artist")
+
+
+class Span(BaseModel):
+    start_s: float = Field(description="where the span starts in the upload; spans tile the upload from 0 to its end")
+    end_s: float
+    track_id: Optional[str] = Field(None, description="the catalogue track this stretch plays; null: it matches "
+                                    "nothing in the catalogue (unrelated audio, or a work the catalogue lacks)")
+    title: Optional[str] = None
+    artist: Optional[str] = None
+    score: Optional[float] = Field(None, description="the span as a query of its own against its track, on the "
+                                   "scale of a match's score")
+    is_match: Optional[bool] = Field(None, description="the match decision for a query as long as the span (see "
+                                     "Match); spans it refuses are reported with no track. Null without a calibration")
+    confidence: Optional[float] = Field(None, ge=0.0, le=1.0, description="as a match's confidence")
+    query_start_s: Optional[float] = Field(None, description="start of the best-matching passage, in the upload")
+    reference_start_s: Optional[float] = Field(None, description="where that passage sits in the catalogue track")
+
+
+class SegmentsResponse(BaseModel):
+    spans: list[Span]
+    query_duration_s: float
+    n_segments: int = Field(description="20 s chunks (10 s hop) embedded for the upload")
+    timings_ms: dict[str, float]
 
 
 class Error(BaseModel):

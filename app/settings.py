@@ -17,6 +17,7 @@ from index.defaults import EF_SEARCH, HNSW_M, K_NEIGHBOURS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_MODEL = REPO_ROOT / "models" / "weights" / "extractor.pt"
+SHIPPED_CALIBRATION = REPO_ROOT / "models" / "weights" / "calibration.json"
 
 
 class Settings(BaseSettings):
@@ -41,6 +42,11 @@ class Settings(BaseSettings):
     max_top_k: int = Field(200, ge=1)
     # stage 3: stage-2 candidates aligned per query; unset: the artifact's (models/weights/MODEL_CARD.md), 0: off
     stage3_top_n: Optional[int] = Field(None, ge=0, le=10000, description="candidates aligned per query (stage 3)")
+    # the match decision (index/calibration.py): is_match and confidence on every match
+    calibration_path: Optional[Path] = Field(SHIPPED_CALIBRATION, description="the decision's fit for the model "
+                                             "(`coverid calibrate`); one for another model or unset: no decision")
+    false_match_rate: float = Field(0.01, gt=0, lt=1, description="share of clips of works absent from the "
+                                    "catalogue that get an is_match (per query length and catalogue size)")
     # back-pressure: beyond these a request gets 503 + Retry-After at once instead of queueing without bound
     queue_size: int = Field(16, ge=1, le=10000, description="model requests in flight, from the end of their body to their answer")
     upload_slots: Optional[int] = Field(None, ge=1, le=100000,
@@ -62,6 +68,7 @@ class Settings(BaseSettings):
     # the command line's HTTP client (coverid ingest / identify)
     url: str = Field("http://127.0.0.1:8000", description="the service the client commands talk to")
     api_key: Optional[SecretStr] = Field(None, description="the key the client commands send")
+    demo_page: bool = Field(True, description="serve the page to try the service at / (it calls the public API)")
     log_level: str = Field("info", pattern=r"^(debug|info|warning|error)$")
 
     @field_validator("api_keys")

@@ -7,8 +7,10 @@ set -euo pipefail
 run_packages=(make g++ python3-venv python3-dev)
 # test: fluidsynth and General MIDI soundfonts render the corpus the training tests use;
 # the store tests start a real redis-server; the observability tests a real Prometheus (and promtool)
-# and docker-compose, which validates docker-compose.yml without a Docker engine
-test_packages=("${run_packages[@]}" fluidsynth fluid-soundfont-gm timgm6mb-soundfont redis-server prometheus docker-compose)
+# and docker-compose, which validates docker-compose.yml without a Docker engine; chromium and its driver run the
+# page at / in a real headless browser
+test_packages=("${run_packages[@]}" fluidsynth fluid-soundfont-gm timgm6mb-soundfont redis-server prometheus docker-compose
+               chromium chromium-driver)
 # model: real recorded music (game soundtracks) the pitch student is distilled on
 model_packages=("${test_packages[@]}" warzone2100-music wesnoth-1.16-music singularity-music)
 

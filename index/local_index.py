@@ -318,6 +318,29 @@ class LocalIndex:
                 timings["rerank"] = time.perf_counter() - searched
             return best
 
+    def chunk_scores(self, query: np.ndarray, k_neighbours: int) -> tuple[list[str], np.ndarray]:
+        """Stage 1 per query chunk: the tracks holding one of any chunk's `k_neighbours` nearest vectors, and each
+        chunk's best cosine with each of them: (track ids, (M, C) float32)."""
+        rows = self._unit_rows(query, "query")
+        _check_positive(k_neighbours=k_neighbours)
+        with self._lock.read():
+            if self._live == 0:
+                return [], np.zeros((len(rows), 0), dtype=np.float32)
+            labels, _ = self._hnsw.knn_query(rows, k=min(k_neighbours, self._live))
+            candidates = list(dict.fromkeys(self._owners[label] for label in labels.ravel().tolist()))
+            slots = [self._tracks[track_id].slots for track_id in candidates]
+            offsets = np.concatenate([[0], np.cumsum([len(s) for s in slots[:-1]])]).astype(np.int64)
+            table = rows @ self._vectors[np.concatenate(slots)].T  # (M, slots of the candidates)
+            return candidates, np.maximum.reduceat(table, offsets, axis=1)
+
+    def score(self, query: np.ndarray, track_ids: list[str], query_starts_s: Optional[np.ndarray] = None) -> list[Match]:
+        """Stage 2 alone: MaxMean of the query against these tracks (those still indexed), best first."""
+        rows = self._unit_rows(query, "query")
+        starts = _check_starts(query_starts_s, len(rows), "query_starts_s")
+        with self._lock.read():
+            present = [t for t in dict.fromkeys(track_ids) if t in self._tracks]
+            return self._best(rows, starts, present, len(present))
+
     def search_exhaustive(
         self,
         query: np.ndarray,

@@ -1,4 +1,5 @@
-"""POST /identify: which catalogue tracks is this clip a cover of (runs the model)."""
+"""POST /identify: which catalogue tracks is this clip a cover of; POST /identify/segments: which works does a long
+upload play, span by span (both run the model)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from app import schemas
 from app.dependencies import CatalogDep, EmbedderDep, SettingsDep, require_identify_key, uses_model
 from app.metrics import IDENTIFY_SECONDS, LONG_QUERY_S
 from app.pipeline import ClipDurationError, identify
+from app.segmentation import identify_segments
 from app.routes.common import AUDIO_UPLOAD, while_connected
 
 router = APIRouter()
@@ -45,3 +47,30 @@ async def identify_clip(
         n_segments=result.n_segments, timings_ms=result.timings_ms,
         metadata_unavailable=result.metadata_unavailable,
     )
+
+
+@router.post("/identify/segments", response_model=schemas.SegmentsResponse,
+             dependencies=[Depends(require_identify_key)], responses=schemas.errors(400, 401, 413, 415, 422, 503))
+@uses_model
+async def identify_spans(
+    request: Request,
+    catalog: CatalogDep,
+    embedder: EmbedderDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="a long upload holding several works (a set list, a DJ mix, a "
+                                     f"compilation), up to COVERID_MAX_TRACK_SECONDS: {AUDIO_UPLOAD}",
+                                     json_schema_extra={"minLength": 1})],
+) -> schemas.SegmentsResponse:
+    """The works the upload plays, span by span: consecutive chunks that agree on a track form a span, which is
+    then checked as a query of its own; stretches that match nothing are spans without a track."""
+    started = time.perf_counter()
+    data = await file.read()
+    try:
+        result = await while_connected(request, identify_segments, embedder, catalog, data,
+                                       settings.min_clip_seconds, settings.max_track_seconds)
+    except ClipDurationError as err:
+        raise HTTPException(422, str(err)) from None
+    IDENTIFY_SECONDS.labels("segments").observe(time.perf_counter() - started)
+    return schemas.SegmentsResponse(spans=[schemas.Span(**vars(s)) for s in result.spans],
+                                    query_duration_s=result.query_duration_s, n_segments=result.n_segments,
+                                    timings_ms=result.timings_ms)

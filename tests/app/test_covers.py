@@ -85,6 +85,10 @@ def test_a_clip_of_the_cover_finds_the_original_and_where_it_sits(shipped_servic
             best = body["matches"][0]
             assert best["track_id"] == track_id, (track_id, body["matches"])
             assert body["timings_ms"]["align"] > 0  # the shipped model re-ranks with stage 3
+            # and ships its calibration: every aligned match carries the decision, confidence falling with the score
+            confidences = [m["confidence"] for m in body["matches"]]
+            assert all(isinstance(m["is_match"], bool) for m in body["matches"])
+            assert all(0.0 <= c <= 1.0 for c in confidences) and confidences == sorted(confidences, reverse=True)
             expected = (cover_start_s + best["query_start_s"]) * TEMPO  # the best query chunk, in original time
             same_music = repeats_of(expected, section_seconds[track_id])
             assert min(abs(best["reference_start_s"] - t) for t in same_music) <= 10.0, (track_id, best, same_music)

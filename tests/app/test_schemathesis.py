@@ -67,3 +67,14 @@ def test_what_the_schema_allows_in_the_catalogue_forms_is_accepted_and_what_it_r
         assert upload["minLength"] == 1 and "WAV" in upload["description"]
     empty = httpx.post(f"{service.url}/identify", files={"file": ("e.wav", b"")}, timeout=60)
     assert empty.status_code == 422
+
+
+def test_a_query_parameter_given_twice_is_refused_not_guessed(service):
+    """schemathesis's long run: GET /catalog?offset=false&offset=0.0 answered 200 (the last value taken)."""
+    import httpx
+
+    auth = {"Authorization": f"Bearer {KEY}"}
+    twice = httpx.get(f"{service.url}/catalog?offset=false&offset=0&limit=1", headers=auth)
+    assert twice.status_code == 422 and "offset" in twice.json()["detail"] and "once" in twice.json()["detail"]
+    assert httpx.get(f"{service.url}/catalog?offset=0&limit=1", headers=auth).status_code == 200
+    assert httpx.get(f"{service.url}/healthz?x=1&x=2").status_code == 200  # not a parameter of the route: ignored

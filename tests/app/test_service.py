@@ -57,6 +57,7 @@ def test_catalogue_lifecycle_survives_restarts(service, tracks):
         clip = tune(50.0, seed=1)[int(12 * SAMPLE_RATE) : int(42 * SAMPLE_RATE)]
         found = client.post("/identify", files={"file": ("clip.flac", flac(clip))}, params={"top_k": 3}).json()
         assert found["matches"][0]["track_id"] == "tune-1"
+        assert found["matches"][0]["is_match"] is None and found["matches"][0]["confidence"] is None  # no calibration
         assert set(found["timings_ms"]) >= {"decode", "embed", "search", "rerank", "total"}
         assert client.get("/catalog/tune-2").json()["metadata"] == {"isrc": "X1"}
 

@@ -122,4 +122,5 @@ def test_exactly_the_routes_that_take_the_model_are_marked_as_using_it():
             assert getattr(route.endpoint, "uses_model", False) == takes_model, route.path
     marked = {(r.path, m) for router in (catalog.router, identify.router) for r in router.routes for m in r.methods
               if getattr(r.endpoint, "uses_model", False)}
-    assert marked == {("/catalog", "POST"), ("/catalog/batch", "POST"), ("/identify", "POST")}
+    assert marked == {("/catalog", "POST"), ("/catalog/batch", "POST"), ("/identify", "POST"),
+                      ("/identify/segments", "POST")}

@@ -35,6 +35,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 class FakeMatch:
     track_id: str
     score: float
+    query_start_s: float = 0.0  # stage 3 moves these when an alignment places the clip
+    reference_start_s: float = 0.0
 
 
 class FakeIndex:
@@ -352,3 +354,55 @@ def test_a_report_mixes_models_evaluated_on_different_lengths(recordings, good_r
     assert cells["| 6 s"][6] == "–" and cells["| 30 s"][6] != "–"  # the second model's mAP
     assert cells["| 30 s"][5] == f"{good_results['two_stage']['30']['recall_at_10']:.3f}"  # the first model's recall
     assert written["plot"].stat().st_size > 0
+
+
+# -- stage 3 and the match decision ---------------------------------------------------------
+
+
+def toy_sequence(spectrogram: torch.Tensor) -> torch.Tensor:
+    """(84, frames) -> (12, frames // 9) uint8 pitch classes: the octaves folded, 9 frames pooled, scaled to 255."""
+    spec = spectrogram.float()
+    frames = spec.shape[1] // 9 * 9
+    classes = spec[:, :frames].reshape(7, 12, frames // 9, 9).sum(dim=(0, 3))
+    return (255 * classes / classes.amax(dim=0, keepdim=True).clamp_min(1e-8)).round().to(torch.uint8)
+
+
+def flat_calibration(mu: float):
+    """A decision with the same law at every length: is_match from about mu + 0.05 at a 1 % rate."""
+    from index.calibration import Calibration, LengthFit
+
+    return Calibration("toy", {}, 11, (LengthFit(10.0, mu, 0.01, 100),))
+
+
+def test_stage3_reports_the_decision_it_would_make_as_false_matches_and_recall(recordings):
+    from index.fusion import FusionSettings
+    from models.training.evaluation import Stage3
+
+    measured = {}
+    for name, mu in (("never", 5.0), ("always", -5.0)):
+        stage3 = Stage3(toy_sequence, FusionSettings(top_n=5), calibration=flat_calibration(mu))
+        measured[name] = evaluate(mean_spectrum_embed, recordings, seed=0, index_factory=fake_factory,
+                                  exhaustive=False, lengths=(10, 30), stage3=stage3)
+    for key in ("full", "10", "30"):
+        never, always = measured["never"]["three_stage"][key], measured["always"]["three_stage"][key]
+        assert never["false_match_rate"] == 0.0 and never["recall_at_threshold"] == 0.0
+        # every query's best other-work candidate passes a threshold under every score, and so does its cover,
+        # which the good embed puts in the aligned top 5
+        assert always["false_match_rate"] == 1.0 and always["recall_at_threshold"] == 1.0
+        assert never["mAP"] == always["mAP"] > 0.9  # the decision does not change the ranking
+    assert measured["never"]["protocol"]["false_match_rate"] == 0.01
+
+
+def test_a_decision_on_a_hand_made_ranking():
+    from index.fusion import FusionSettings
+    from models.training.evaluation import Stage3, _match_decisions
+
+    stage3 = Stage3(toy_sequence, FusionSettings(top_n=3), calibration=flat_calibration(0.3))
+    threshold = flat_calibration(0.3).threshold(20.0, 10, 0.01)  # 10 tracks left once the one cover is removed
+    ids = ["a", "cover", "b", "c"]
+    for other, cover, expected in ((threshold + 0.01, 0.2, (True, False)), (threshold - 0.01, 0.9, (False, True))):
+        scores = np.array([other, cover, 0.1, 0.95]) + np.array([3, 3, 3, 0])  # the 4th was not aligned
+        assert _match_decisions(ids, scores, {"cover"}, 20.0, 11, stage3) == expected
+    # only aligned candidates count: a cover beyond the top N never passes, whatever its stage-2 score
+    assert _match_decisions(["a", "b", "c", "cover"], np.array([3.1, 3.1, 3.1, 0.99]), {"cover"}, 20.0, 11,
+                            stage3) == (False, False)

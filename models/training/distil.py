@@ -12,7 +12,6 @@ is held out; its loss is logged, never trained on.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path

@@ -5,7 +5,6 @@ draws the spans. Off with COVERID_DEMO_PAGE=false."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import httpx
 import pytest

@@ -3,7 +3,6 @@ them, against a catalogue of the originals; /identify/segments names each work i
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
 from pathlib import Path

@@ -68,7 +68,7 @@ class IdentifyResponse(BaseModel):
 
 class Span(BaseModel):
     start_s: float = Field(description="where the span starts in the upload; spans tile the upload from 0 to its end")
-    end_s: float
+    end_s: float = Field(description="where the span ends; the next span starts here")
     track_id: Optional[str] = Field(None, description="the catalogue track this stretch plays; null: it matches "
                                     "nothing in the catalogue (unrelated audio, or a work the catalogue lacks)")
     title: Optional[str] = None
@@ -83,7 +83,8 @@ class Span(BaseModel):
 
 
 class SegmentsResponse(BaseModel):
-    spans: list[Span]
+    spans: list[Span] = Field(description="in order, from 0 to the end of the upload; neighbouring spans without a "
+                              "track are merged")
     query_duration_s: float
     n_segments: int = Field(description="20 s chunks (10 s hop) embedded for the upload")
     timings_ms: dict[str, float]

@@ -247,6 +247,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         raise ArtifactError(f"{args.model} has no stage 3: its scores are MaxMean only, which this fit does not cover")
     recordings, skipped = [], []
     listed = audio_files(args.audio)
+    sources = {rec.performance_id: next(str(f) for f in args.audio if rec.path.is_relative_to(Path(f).resolve()))
+               for rec in listed}
     show = progress_line("features", with_failures=False)
     for done, rec in enumerate(listed, start=1):
         arrays = cached_features([rec], loaded.module.frontend.spectrogram, loaded.config.sample_rate, args.cache,
@@ -255,15 +257,17 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         show(done, len(listed))
     for error in skipped:
         print(f"skipped: {error}", file=sys.stderr)
-    bests = absent_work_bests(artifact_embedder(loaded.module), recordings, stage3, loaded.config.frame_seconds,
-                              seed=args.seed, clips_per_length=args.clips_per_length,
-                              k_neighbours=get_settings().k_neighbours, index_factory=_service_index,
-                              progress=progress_line("clips", with_failures=False))
+    bests, ranked_against = absent_work_bests(
+        artifact_embedder(loaded.module), recordings, stage3, loaded.config.frame_seconds, seed=args.seed,
+        clips_per_length=args.clips_per_length, k_neighbours=get_settings().k_neighbours, index_factory=_service_index,
+        progress=progress_line("clips", with_failures=False),
+        sources={r.recording_id: sources[r.recording_id] for r in recordings} if len(args.audio) > 1 else None)
     if args.bests_out:  # the raw bests, to look at their tail or refit without the hour of queries
         args.bests_out.write_text(json.dumps({f"{s:g}": b for s, b in sorted(bests.items())}) + "\n")
     fitted_on = (f"{len(recordings)} real recordings under {', '.join(map(str, args.audio))}, each its own work; "
-                 f"{args.clips_per_length} clips per length, each against the other {len(recordings) - 1}")
-    calibration = fit_calibration(bests, loaded.model_id, stage3, len(recordings) - 1, fitted_on)
+                 f"{args.clips_per_length} clips per length, each against the recordings of the other folders "
+                 f"({ranked_against:.0f} on average)")
+    calibration = fit_calibration(bests, loaded.model_id, stage3, round(ranked_against), fitted_on)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     calibration.save(args.out)
     rate = get_settings().false_match_rate
@@ -455,7 +459,9 @@ def add_model_commands(commands) -> None:
 
     calibrate = commands.add_parser("calibrate", help="fit the is_match decision on real recordings that cover "
                                     "nothing in their catalogue (each file its own work; never the validation set)")
-    calibrate.add_argument("--audio", type=Path, action="append", required=True, help="folder of audio files, repeatable")
+    calibrate.add_argument("--audio", type=Path, action="append", required=True,
+                           help="folder of audio files, repeatable: give two or more, one per source (a game, an "
+                           "album); a clip is ranked against the other folders' recordings only")
     calibrate.add_argument("--model", type=Path, default=SHIPPED_MODEL)
     calibrate.add_argument("--cache", type=Path, default=Path("cache/fit"), help="where the recordings' features are cached")
     calibrate.add_argument("--out", type=Path, default=SHIPPED_CALIBRATION)

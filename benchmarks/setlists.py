@@ -39,6 +39,7 @@ from app.settings import SHIPPED_CALIBRATION, Settings
 from app.store import open_store
 from models.audio import decode_audio
 from models.extractor import load_extractor
+from models.training.distil import audio_files
 from models.training.recording_list import read_recording_list
 
 CROSSFADE_S = 3.0
@@ -87,6 +88,7 @@ def main() -> None:
     parser.add_argument("--filler", type=Path, action="append", required=True, help="folder of unrelated audio")
     parser.add_argument("--model", default="models/weights/extractor.pt")
     parser.add_argument("--calibration", type=Path, default=SHIPPED_CALIBRATION)
+    parser.add_argument("--no-decision", action="store_true", help="keep every span unchecked (no calibration)")
     parser.add_argument("--sets", type=int, default=20)
     parser.add_argument("--long-minutes", type=float, default=60.0)
     parser.add_argument("--threads", type=int, default=1)
@@ -99,7 +101,8 @@ def main() -> None:
     extractor = load_extractor(args.model, "cpu")
     rate = extractor.config.sample_rate
     settings = Settings()
-    decision, why = load_decision(args.calibration, settings.false_match_rate, extractor)
+    decision, why = (None, "--no-decision") if args.no_decision else \
+        load_decision(args.calibration, settings.false_match_rate, extractor)
     print(f"match decision: {'on' if decision else 'off (' + why + ')'}", flush=True)
     embedder = Embedder(extractor, decision=decision)
     by_work = defaultdict(list)
@@ -108,7 +111,7 @@ def main() -> None:
     works = sorted(w for w, recs in by_work.items() if len(recs) >= 2)
     catalogued = {w: rng.choice(by_work[w]) for w in works}
     played = {w: next(r for r in by_work[w] if r is not catalogued[w]) for w in works}
-    fillers = sorted(p for folder in args.filler for p in folder.rglob("*.ogg"))
+    fillers = [listed.path for listed in audio_files(args.filler)]
 
     with tempfile.TemporaryDirectory() as data_dir:
         store = open_store(Path(data_dir), None, 5.0)

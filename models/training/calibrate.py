@@ -2,8 +2,9 @@
 
 Every recording is its own work and goes into the catalogue as a full track. Clips of each length are cut from
 every recording (as the evaluation cuts them) and run through all three stages as the service runs them, with
-their own recording left out: what remains is a catalogue that holds nothing of theirs, so the best score each
-clip gets is a non-matching best. Per length, a Gumbel law is fitted to those bests.
+their own source left out (the folder they came from: a game's pieces share themes): what remains is a catalogue
+that holds nothing of theirs, so the best score each clip gets is a non-matching best. Per length, a Gumbel law
+is fitted to those bests.
 
 Fit on real recordings that are not the validation set (the game soundtracks of the Debian packages); a
 catalogue holding covers of one another would raise the bests and so the thresholds (fewer matches, never more
@@ -39,8 +40,13 @@ def absent_work_bests(
     k_neighbours: int = K_NEIGHBOURS,
     index_factory: Optional[IndexFactory] = None,
     progress: Callable[[int, int], None] = lambda done, total: None,
-) -> dict[float, list[float]]:
-    """{clip seconds: the best fused score of each clip against the other recordings}."""
+    sources: Optional[dict[str, str]] = None,
+) -> tuple[dict[float, list[float]], float]:
+    """({clip seconds: the best fused score of each clip against the other recordings}, the mean number of
+    recordings a clip was ranked against).
+
+    `sources` (recording id -> its source: a game, an album) leaves a clip's whole source out of its ranking, not
+    only its own recording: pieces of one source often share themes, and their bests would be matches, not chance."""
     if len(recordings) < 3:
         raise ValueError(f"need at least 3 recordings to calibrate, got {len(recordings)}")
     full = {rec.recording_id: _embed(embed, rec.spectrogram) for rec in recordings}
@@ -49,16 +55,20 @@ def absent_work_bests(
         index.add(rec_id, vectors)
     sequences = {rec.recording_id: stage3.sequence(rec.spectrogram).numpy() for rec in recordings}
     queries = [q for q in build_queries(recordings, seed, frame_seconds, lengths, clips_per_length) if q.length != FULL]
+    source_of = sources or {rec.recording_id: rec.recording_id for rec in recordings}
     bests: dict[float, list[float]] = defaultdict(list)
+    ranked_against = []
     for done, query in enumerate(queries, start=1):
         found = index.search(_embed(embed, query.spectrogram), top_k=len(recordings), k_neighbours=k_neighbours)
+        found = [m for m in found if source_of[m.track_id] != source_of[query.recording_id]]
+        ranked_against.append(sum(source_of[r] != source_of[query.recording_id] for r in source_of))
         seconds = query.spectrogram.shape[-1] * frame_seconds
         ids, scores = _stage3_scores(found, query.recording_id, stage3.sequence(query.spectrogram), sequences,
                                      seconds, stage3)
         if ids:  # scores[0] is the best aligned candidate's fused score + 3
             bests[float(query.length)].append(float(scores[0] - 3.0))
         progress(done, len(queries))
-    return dict(bests)
+    return dict(bests), float(np.mean(ranked_against))
 
 
 def fit_calibration(bests: dict[float, list[float]], model_id: str, stage3: Stage3, catalogue_tracks: int,

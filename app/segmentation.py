@@ -2,7 +2,8 @@
 
 1. The upload is embedded as any query (20 s chunks, 10 s hop).
 2. Stage 1 per chunk: the tracks among each chunk's SEGMENT_NEIGHBOURS nearest vectors, and each chunk's best
-   cosine with each of them; the chunks are labelled together (index/segments.py) and runs of one track are spans.
+   cosine with each of them; the chunks are labelled together (index/segments.py) and runs of one track are spans;
+   a run shorter than 3 chunks goes to a neighbour.
 3. Each span is then a query of its own against its track: stage 2, stage 3 (alignment fused with MaxMean) and
    the match decision for a query of the span's length. A span that is no match reports no track, and
    neighbouring spans without a track merge.
@@ -17,7 +18,7 @@ from typing import Optional
 from app.catalog import Catalog
 from app.pipeline import ClipDurationError, Embedder, StageClock
 from index.fusion import rerank
-from index.segments import SWITCH_PENALTY, ChunkSpan, label_chunks, span_seconds, spans_of
+from index.segments import SWITCH_PENALTY, ChunkSpan, absorb_short_spans, label_chunks, span_seconds, spans_of
 from models.audio import StopCheck, never_stop
 
 SEGMENT_NEIGHBOURS = 10  # per chunk: only its best track matters, so a few neighbours find it
@@ -59,7 +60,7 @@ def identify_segments(embedder: Embedder, catalog: Catalog, data: bytes, min_sec
     if not candidates:
         spans = [_unmatched(0.0, embeddings.duration_s)]
     else:
-        chunk_spans = spans_of(label_chunks(chunk_scores, switch_penalty))
+        chunk_spans = absorb_short_spans(spans_of(label_chunks(chunk_scores, switch_penalty)), chunk_scores)
         bounds = span_seconds(chunk_spans, starts, embedder.extractor.config.chunk_seconds, embeddings.duration_s)
         checked = time.perf_counter()
         spans = [_checked_span(embedder, catalog, embeddings, span, candidates[span.candidate], bounds[i])

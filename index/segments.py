@@ -15,6 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 SWITCH_PENALTY = 0.1  # cosine units: a change of track must gain this much similarity over the chunks it spans
+# a prior, not a fit: a work in a set list or a mix plays for more than 3 chunks (40 s); a shorter run of one
+# track between two others is a passage that happens to resemble it
+MIN_SPAN_CHUNKS = 3
 
 
 @dataclass(frozen=True)
@@ -69,3 +72,31 @@ def span_seconds(spans: list[ChunkSpan], starts_s: np.ndarray, chunk_seconds: fl
         bounds.append((float(starts_s[right.first]) + end_of_left) / 2.0)
     bounds.append(duration_s)
     return list(zip(bounds[:-1], bounds[1:]))
+
+
+def absorb_short_spans(spans: list[ChunkSpan], chunk_scores: np.ndarray,
+                       min_chunks: int = MIN_SPAN_CHUNKS) -> list[ChunkSpan]:
+    """Spans shorter than `min_chunks` handed to a neighbour, shortest first: to the one whose track is the more
+    similar over the short span's chunks. Neighbours that then share a track merge. A lone span stays."""
+    spans = list(spans)
+    while len(spans) > 1:
+        short = [i for i, span in enumerate(spans) if span.last - span.first + 1 < min_chunks]
+        if not short:
+            break
+        i = min(short, key=lambda j: (spans[j].last - spans[j].first, j))
+        rows = slice(spans[i].first, spans[i].last + 1)
+        neighbours = [j for j in (i - 1, i + 1) if 0 <= j < len(spans)]
+        to = max(neighbours, key=lambda j: float(chunk_scores[rows, spans[j].candidate].sum()))
+        spans[i] = ChunkSpan(spans[i].first, spans[i].last, spans[to].candidate)
+        spans = _merge_same(spans)
+    return spans
+
+
+def _merge_same(spans: list[ChunkSpan]) -> list[ChunkSpan]:
+    merged: list[ChunkSpan] = []
+    for span in spans:
+        if merged and merged[-1].candidate == span.candidate:
+            merged[-1] = ChunkSpan(merged[-1].first, span.last, span.candidate)
+        else:
+            merged.append(span)
+    return merged

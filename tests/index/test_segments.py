@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from index.segments import ChunkSpan, label_chunks, span_seconds, spans_of
+from index.segments import ChunkSpan, absorb_short_spans, label_chunks, span_seconds, spans_of
 
 
 def chunk_matrix(best: list[int], candidates: int = 3, match: float = 0.8, other: float = 0.4) -> np.ndarray:
@@ -53,3 +53,14 @@ def test_bad_matrices_are_refused():
     for bad in (np.zeros((0, 3)), np.zeros((3, 0)), np.zeros(3)):
         with pytest.raises(ValueError, match="chunks, candidates"):
             label_chunks(bad)
+
+
+def test_a_run_shorter_than_three_chunks_goes_to_the_neighbour_it_resembles_more():
+    scores = chunk_matrix([0, 0, 0, 0, 1, 1, 2, 2, 2, 2, 2])
+    scores[4:6, 2] = 0.7  # the two chunks of track 1 resemble track 2 more than track 0
+    spans = absorb_short_spans(spans_of(label_chunks(scores)), scores, min_chunks=3)
+    assert spans == [ChunkSpan(0, 3, 0), ChunkSpan(4, 10, 2)]
+    # long enough runs stay; a lone short span stays (the upload may be one short clip)
+    long_enough = [ChunkSpan(0, 2, 0), ChunkSpan(3, 5, 1)]
+    assert absorb_short_spans(long_enough, scores, 3) == long_enough
+    assert absorb_short_spans([ChunkSpan(0, 1, 1)], scores, 3) == [ChunkSpan(0, 1, 1)]

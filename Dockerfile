@@ -20,7 +20,7 @@ FROM python:3.11-slim
 RUN useradd --system --uid 10001 --user-group --home-dir /srv/coverid --create-home coverid \
     && mkdir /data && chown coverid:coverid /data
 COPY --from=build /opt/venv /opt/venv
-COPY models/weights/extractor.pt models/weights/MODEL_CARD.md /srv/coverid/models/weights/
+COPY models/weights/extractor.pt models/weights/calibration.json models/weights/MODEL_CARD.md /srv/coverid/models/weights/
 COPY docker/entrypoint.sh /usr/local/bin/coverid-entrypoint
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

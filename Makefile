@@ -42,8 +42,9 @@ bench: install
 
 # The shipped model from a fresh machine (models/weights/MODEL_CARD.md): distil the pitch student from
 # basic-pitch on the game soundtracks (Debian packages), export the local 2DFTM artifact with its PCA fitted
-# on the same audio and stage 3 on, fit its match decision (is_match) on the same audio, each file its own work,
-# then evaluate it on the real covers. About 1.5 hours on 2 cores.
+# on the same audio and stage 3 on, fit its match decision (is_match) on the same audio, each file its own work
+# (calibration.json, beside the artifact, where the service looks for it), then evaluate it on the real covers.
+# About 1.5 hours on 2 cores.
 FIT_AUDIO = /usr/share/games/warzone2100/music /usr/share/games/wesnoth/1.16/data/core/music /usr/share/games/singularity/music
 model: install
 	@bash docker/system-packages.sh model
@@ -51,11 +52,9 @@ model: install
 	$(PY) -m app.cli distil $(addprefix --audio ,$(FIT_AUDIO)) --run runs/student-c32 --channels 32 --steps 6000 --threads 1 --install
 	$(PY) -m app.cli export --head 2dftm --features student $(addprefix --fit-audio ,$(FIT_AUDIO)) \
 		--whiten 0.25 --embedding-dim 128 --output $(MODEL)
-	$(PY) -m app.cli calibrate $(addprefix --audio ,$(FIT_AUDIO)) --model $(MODEL) --threads 1 \
-		--out $(dir $(MODEL))calibration.json
+	$(PY) -m app.cli calibrate $(addprefix --audio ,$(FIT_AUDIO)) --model $(MODEL) --threads 1
 	$(PY) -m app.cli evaluate --csv ../shared/data/covers80-dev/list.csv --cache cache/covers80 \
-		--model "shipped=$(MODEL)" --calibration $(dir $(MODEL))calibration.json --pitch-chroma --clips-per-length 5 \
-		--out build/eval-real
+		--model "shipped=$(MODEL)" --pitch-chroma --clips-per-length 5 --out build/eval-real
 
 # The learnt path (ByteCover3's ResNet-IBN with LAL, trained on renders), the recipe of the model shipped before
 # 2026-12-03 (models/weights/MODEL_CARD.md, ablation): render POP909 + ASAP, and invented songs into a second cache;

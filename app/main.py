@@ -46,8 +46,8 @@ async def lifespan(app: FastAPI):
     catalog, how = Catalog.open(store, extractor.model_id, settings.snapshot_path,
                                 IndexSettings.of(settings, extractor.config.embedding_dim), settings.retry_after_s)
     log.info("model %s on %s; %d tracks, index %s", extractor.model_id, extractor.device, store.count(), how)
-    decision, why_not = load_decision(settings.calibration_path, settings.false_match_rate, extractor,
-                                      required="calibration_path" in settings.model_fields_set)
+    decision, why_not = load_decision(settings.decision_calibration, settings.false_match_rate, extractor,
+                                      required=settings.calibration_path is not None)
     if decision is None:
         log.warning("matches carry no is_match or confidence: %s", why_not)
     app.state.embedder = Embedder(extractor, settings.queue_size, settings.queue_wait_s, settings.stage3_top_n,

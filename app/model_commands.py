@@ -18,7 +18,7 @@ import soundfile as sf
 import torch
 
 from app.console import progress_line
-from app.settings import SHIPPED_CALIBRATION, SHIPPED_MODEL, get_settings
+from app.settings import SHIPPED_MODEL, get_settings
 from index.alignment import AlignmentSettings
 from index.calibration import calibration_mismatch
 from index.fusion import FusionSettings
@@ -188,7 +188,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for spec in args.model:
         name, _, path = spec.partition("=")
         loaded = load_extractor(path, "cpu")
-        stage3 = None if args.no_stage3 else _stage3(loaded, args.calibration, get_settings().false_match_rate)
+        calibration = args.calibration or Path(path).with_name("calibration.json")
+        stage3 = None if args.no_stage3 else _stage3(loaded, calibration, get_settings().false_match_rate)
         methods.append(Method(name, loaded.config, artifact_embedder(loaded.module), loaded.module.frontend.spectrogram,
                               stage3))
     if args.chroma:
@@ -268,14 +269,15 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
                  f"{args.clips_per_length} clips per length, each against the recordings of the other folders "
                  f"({ranked_against:.0f} on average)")
     calibration = fit_calibration(bests, loaded.model_id, stage3, round(ranked_against), fitted_on)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    calibration.save(args.out)
+    out = args.out or args.model.with_name("calibration.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    calibration.save(out)
     rate = get_settings().false_match_rate
     for fit in calibration.lengths:
         threshold = calibration.threshold(fit.seconds, calibration.catalogue_tracks, rate)
         print(f"{fit.seconds:>5g} s: {fit.queries} clips, mu {fit.mu:.4f}, beta {fit.beta:.4f}, "
               f"is_match from {threshold:.4f} at a false-match rate of {rate:g}")
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
     return 0
 
 
@@ -452,9 +454,10 @@ def add_model_commands(commands) -> None:
     evaluation.add_argument("--limit-works", type=int)
     evaluation.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     evaluation.add_argument("--seed", type=int, default=0)
-    evaluation.add_argument("--calibration", type=Path, default=SHIPPED_CALIBRATION,
-                            help="measure the is_match decision (false-match rate, recall) with this calibration, "
-                            "when it was fitted for the model; the rate is COVERID_FALSE_MATCH_RATE")
+    evaluation.add_argument("--calibration", type=Path,
+                            help="measure the is_match decision (false-match rate, recall) with this calibration "
+                            "(default: calibration.json beside each model), when it was fitted for the model; the "
+                            "rate is COVERID_FALSE_MATCH_RATE")
     evaluation.set_defaults(run=_cmd_evaluate)
 
     calibrate = commands.add_parser("calibrate", help="fit the is_match decision on real recordings that cover "
@@ -464,7 +467,8 @@ def add_model_commands(commands) -> None:
                            "album); a clip is ranked against the other folders' recordings only")
     calibrate.add_argument("--model", type=Path, default=SHIPPED_MODEL)
     calibrate.add_argument("--cache", type=Path, default=Path("cache/fit"), help="where the recordings' features are cached")
-    calibrate.add_argument("--out", type=Path, default=SHIPPED_CALIBRATION)
+    calibrate.add_argument("--out", type=Path, help="default: calibration.json beside the model, where the service "
+                           "looks for it")
     calibrate.add_argument("--clips-per-length", type=int, default=5)
     calibrate.add_argument("--bests-out", type=Path, help="also write each clip's best score here (JSON)")
     calibrate.add_argument("--threads", type=int, default=os.cpu_count() or 1)

@@ -17,7 +17,6 @@ from index.defaults import EF_SEARCH, HNSW_M, K_NEIGHBOURS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_MODEL = REPO_ROOT / "models" / "weights" / "extractor.pt"
-SHIPPED_CALIBRATION = REPO_ROOT / "models" / "weights" / "calibration.json"
 
 
 class Settings(BaseSettings):
@@ -43,8 +42,8 @@ class Settings(BaseSettings):
     # stage 3: stage-2 candidates aligned per query; unset: the artifact's (models/weights/MODEL_CARD.md), 0: off
     stage3_top_n: Optional[int] = Field(None, ge=0, le=10000, description="candidates aligned per query (stage 3)")
     # the match decision (index/calibration.py): is_match and confidence on every match
-    calibration_path: Optional[Path] = Field(SHIPPED_CALIBRATION, description="the decision's fit for the model "
-                                             "(`coverid calibrate`); one for another model or unset: no decision")
+    calibration_path: Optional[Path] = Field(None, description="the decision's fit for the model (`coverid "
+                                             "calibrate`); unset: calibration.json beside the model, if it fits it")
     false_match_rate: float = Field(0.01, gt=0, lt=1, description="share of clips of works absent from the "
                                     "catalogue that get an is_match (per query length and catalogue size)")
     # back-pressure: beyond these a request gets 503 + Retry-After at once instead of queueing without bound
@@ -88,6 +87,12 @@ class Settings(BaseSettings):
         if self.min_clip_seconds > self.max_clip_seconds:
             raise ValueError(f"min_clip_seconds {self.min_clip_seconds} > max_clip_seconds {self.max_clip_seconds}")
         return self
+
+    @property
+    def decision_calibration(self) -> Path:
+        """The calibration the service loads: the one set, else the file beside the model (where `make model` and
+        `coverid calibrate --out` put it)."""
+        return self.calibration_path or self.model_path.with_name("calibration.json")
 
     @property
     def snapshot_path(self) -> Path:

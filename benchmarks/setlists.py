@@ -35,7 +35,7 @@ import torch
 from app.catalog import Catalog, IndexSettings
 from app.pipeline import Embedder, ingest, load_decision
 from app.segmentation import identify_segments
-from app.settings import SHIPPED_CALIBRATION, Settings
+from app.settings import Settings
 from app.store import open_store
 from models.audio import decode_audio
 from models.extractor import load_extractor
@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--csv", type=Path, required=True)
     parser.add_argument("--filler", type=Path, action="append", required=True, help="folder of unrelated audio")
     parser.add_argument("--model", default="models/weights/extractor.pt")
-    parser.add_argument("--calibration", type=Path, default=SHIPPED_CALIBRATION)
+    parser.add_argument("--calibration", type=Path, help="default: calibration.json beside the model")
     parser.add_argument("--no-decision", action="store_true", help="keep every span unchecked (no calibration)")
     parser.add_argument("--sets", type=int, default=20)
     parser.add_argument("--long-minutes", type=float, default=60.0)
@@ -102,7 +102,8 @@ def main() -> None:
     rate = extractor.config.sample_rate
     settings = Settings()
     decision, why = (None, "--no-decision") if args.no_decision else \
-        load_decision(args.calibration, settings.false_match_rate, extractor)
+        load_decision(args.calibration or Path(args.model).with_name("calibration.json"), settings.false_match_rate,
+                      extractor)
     print(f"match decision: {'on' if decision else 'off (' + why + ')'}", flush=True)
     embedder = Embedder(extractor, decision=decision)
     by_work = defaultdict(list)

@@ -81,6 +81,7 @@ def test_the_image_is_multi_stage_and_its_final_stage_is_lean_and_unprivileged()
     assert re.search(r"(?m)^HEALTHCHECK .*(\n.*)*?/healthz", final)
     assert re.search(r"(?m)^VOLUME .*/data", final)
     assert "COPY --from=" in final and "models/weights/extractor.pt" in final
+    assert "models/weights/calibration.json" in final  # beside the model: the image's matches carry is_match
 
 
 def test_the_env_file_holding_the_passwords_is_never_committed():

@@ -72,3 +72,15 @@ def test_a_whole_track_is_a_valid_query_by_default(monkeypatch):
 def test_an_explicit_clip_limit_is_kept(monkeypatch):
     monkeypatch.setenv("COVERID_MAX_CLIP_SECONDS", "60")
     assert get_settings().max_clip_seconds == 60
+
+
+def test_the_calibration_is_looked_for_beside_the_model_unless_set(monkeypatch, tmp_path):
+    monkeypatch.setenv("COVERID_MODEL_PATH", str(tmp_path / "mine" / "extractor.pt"))
+    assert get_settings().decision_calibration == tmp_path / "mine" / "calibration.json"
+    get_settings.cache_clear()
+    monkeypatch.setenv("COVERID_CALIBRATION_PATH", str(tmp_path / "fit.json"))
+    assert get_settings().decision_calibration == tmp_path / "fit.json"
+    get_settings.cache_clear()
+    monkeypatch.setenv("COVERID_FALSE_MATCH_RATE", "1.5")
+    with pytest.raises(SettingsInvalid, match="COVERID_FALSE_MATCH_RATE"):
+        get_settings()

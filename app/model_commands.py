@@ -275,7 +275,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     rate = get_settings().false_match_rate
     for fit in calibration.lengths:
         threshold = calibration.threshold(fit.seconds, calibration.catalogue_tracks, rate)
-        print(f"{fit.seconds:>5g} s: {fit.queries} clips, mu {fit.mu:.4f}, beta {fit.beta:.4f}, "
+        print(f"{fit.seconds:>5g} s: {fit.queries} clips, median best {fit.body[50]:.4f}, 90th percentile "
+              f"{fit.body[-1]:.4f}, tail scale {fit.tail_scale:.4f}, "
               f"is_match from {threshold:.4f} at a false-match rate of {rate:g}")
     print(f"wrote {out}")
     return 0

@@ -3,8 +3,9 @@
 Every recording is its own work and goes into the catalogue as a full track. Clips of each length are cut from
 every recording (as the evaluation cuts them) and run through all three stages as the service runs them, with
 their own source left out (the folder they came from: a game's pieces share themes): what remains is a catalogue
-that holds nothing of theirs, so the best score each clip gets is a non-matching best. Per length, a Gumbel law
-is fitted to those bests.
+that holds nothing of theirs, so the best score each clip gets is a non-matching best. Per length, a distribution
+is fitted to those bests (index/calibration.py: the body as measured, an exponential tail above its 90th
+percentile).
 
 Fit on real recordings that are not the validation set (the game soundtracks of the Debian packages); a
 catalogue holding covers of one another would raise the bests and so the thresholds (fewer matches, never more
@@ -19,7 +20,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from index.calibration import Calibration, LengthFit, fit_gumbel
+from index.calibration import Calibration, fit_length
 from index.defaults import K_NEIGHBOURS
 from models.training.evaluation import (FULL, Embed, IndexFactory, Recording, Stage3, _embed, _local_index,
                                         _stage3_scores, build_queries)
@@ -73,14 +74,9 @@ def absent_work_bests(
 
 def fit_calibration(bests: dict[float, list[float]], model_id: str, stage3: Stage3, catalogue_tracks: int,
                     fitted_on: str, min_queries: int = 50) -> Calibration:
-    """One Gumbel law per length with at least `min_queries` bests (fewer would leave its tail to chance)."""
-    fits = []
-    for seconds in sorted(bests):
-        if len(bests[seconds]) >= min_queries:
-            mu, beta = fit_gumbel(bests[seconds])
-            fits.append(LengthFit(seconds, round(mu, 6), round(beta, 6), len(bests[seconds])))
+    """One fitted distribution per length with at least `min_queries` bests (fewer would leave its tail to chance)."""
+    fits = [fit_length(seconds, bests[seconds]) for seconds in sorted(bests) if len(bests[seconds]) >= min_queries]
     if not fits:
         raise ValueError(f"no length has {min_queries} queries; add recordings or --clips-per-length")
     settings = {**dataclasses.asdict(stage3.fusion), **dataclasses.asdict(stage3.alignment)}
-    return Calibration(model_id, settings, catalogue_tracks, tuple(fits), fitted_on,
-                       extra={"empirical_p99": {f"{s:g}": float(np.quantile(bests[s], 0.99)) for s in sorted(bests)}})
+    return Calibration(model_id, settings, catalogue_tracks, tuple(fits), fitted_on)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from app.pipeline import _decisions, load_decision
 from index.alignment import AlignmentSettings
-from index.calibration import Calibration, CalibrationError, LengthFit, MatchDecision
+from index.calibration import Calibration, CalibrationError, MatchDecision, fit_length
 from index.fusion import FusionSettings
 
 STAGE3 = (FusionSettings(), AlignmentSettings())
@@ -22,7 +23,8 @@ def extractor(model_id="m1", stage3=STAGE3):
 @pytest.fixture
 def calibration_file(tmp_path):
     path = tmp_path / "calibration.json"
-    Calibration("m1", {**vars(STAGE3[0]), **vars(STAGE3[1])}, 80, (LengthFit(10.0, 0.4, 0.02, 400),)).save(path)
+    bests = np.random.default_rng(0).gumbel(0.4, 0.02, 400)
+    Calibration("m1", {**vars(STAGE3[0]), **vars(STAGE3[1])}, 80, (fit_length(10.0, bests),)).save(path)
     return path
 
 

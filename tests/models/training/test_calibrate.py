@@ -1,4 +1,4 @@
-"""Fitting the match decision: every recording its own work, clips against the others, a Gumbel law per length."""
+"""Fitting the match decision: every recording its own work, clips against the others, a distribution per length."""
 
 import numpy as np
 import pytest

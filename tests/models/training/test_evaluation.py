@@ -368,10 +368,10 @@ def toy_sequence(spectrogram: torch.Tensor) -> torch.Tensor:
 
 
 def flat_calibration(mu: float):
-    """A decision with the same law at every length: is_match from about mu + 0.05 at a 1 % rate."""
-    from index.calibration import Calibration, LengthFit
+    """A decision with the same law at every length, its bests near mu: is_match from about mu + 0.05 at 1 %."""
+    from index.calibration import Calibration, fit_length
 
-    return Calibration("toy", {}, 11, (LengthFit(10.0, mu, 0.01, 100),))
+    return Calibration("toy", {}, 11, (fit_length(10.0, np.random.default_rng(0).gumbel(mu, 0.01, 100)),))
 
 
 def test_stage3_reports_the_decision_it_would_make_as_false_matches_and_recall(recordings):

@@ -306,11 +306,8 @@ class LocalIndex:
         with self._lock.read():
             if self._live == 0:
                 return []
-            # hnswlib raises when asked for more neighbours than it holds live; it searches with
-            # max(ef, k), so a k above the configured ef still gets a wide enough beam
             started = time.perf_counter()
-            labels, _ = self._hnsw.knn_query(rows, k=min(k, self._live))
-            candidates = list(dict.fromkeys(self._owners[label] for label in labels.ravel().tolist()))
+            candidates = self._reached(rows, k)
             searched = time.perf_counter()
             best = self._best(rows, starts, candidates, top_k)
             if timings is not None:
@@ -326,11 +323,8 @@ class LocalIndex:
         with self._lock.read():
             if self._live == 0:
                 return [], np.zeros((len(rows), 0), dtype=np.float32)
-            labels, _ = self._hnsw.knn_query(rows, k=min(k_neighbours, self._live))
-            candidates = list(dict.fromkeys(self._owners[label] for label in labels.ravel().tolist()))
-            slots = [self._tracks[track_id].slots for track_id in candidates]
-            offsets = np.concatenate([[0], np.cumsum([len(s) for s in slots[:-1]])]).astype(np.int64)
-            table = rows @ self._vectors[np.concatenate(slots)].T  # (M, slots of the candidates)
+            candidates = self._reached(rows, k_neighbours)
+            table, offsets, _ = self._similarities(rows, [self._tracks[t].slots for t in candidates])
             return candidates, np.maximum.reduceat(table, offsets, axis=1)
 
     def score(self, query: np.ndarray, track_ids: list[str], query_starts_s: Optional[np.ndarray] = None) -> list[Match]:
@@ -364,15 +358,28 @@ class LocalIndex:
             scores = np.empty(len(track_ids), dtype=np.float32)
             for first in range(0, len(track_ids), block_tracks):
                 block = [self._tracks[t].slots for t in track_ids[first : first + block_tracks]]
-                slots = np.concatenate(block)
-                lengths = np.asarray([len(b) for b in block])
-                offsets = np.concatenate([[0], np.cumsum(lengths[:-1])])
-                table = rows @ self._vectors[slots].T  # (M, slots of the block)
+                table, offsets, lengths = self._similarities(rows, block)
                 query_first = np.maximum.reduceat(table, offsets, axis=1).mean(axis=0)
                 track_first = np.add.reduceat(table.max(axis=0), offsets) / lengths
                 scores[first : first + len(block)] = np.where(lengths >= len(rows), query_first, track_first)
             order = sorted(range(len(track_ids)), key=lambda i: (-scores[i], track_ids[i]))[:top_k]
             return self._best(rows, starts, [track_ids[i] for i in order], top_k)
+
+    def _reached(self, rows: np.ndarray, k_neighbours: int) -> list[str]:
+        """Stage 1: the tracks owning one of each row's k nearest vectors, in order of first reach. Caller holds the
+        lock and has checked the index is not empty."""
+        # hnswlib raises when asked for more neighbours than it holds live; it searches with
+        # max(ef, k), so a k above the configured ef still gets a wide enough beam
+        labels, _ = self._hnsw.knn_query(rows, k=min(k_neighbours, self._live))
+        return list(dict.fromkeys(self._owners[label] for label in labels.ravel().tolist()))
+
+    def _similarities(self, rows: np.ndarray,
+                      track_slots: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Cosines of the rows with these tracks' vectors, tracks side by side: (M, their slots), each track's first
+        column (for np.*.reduceat) and each track's length. Caller holds the lock."""
+        lengths = np.asarray([len(slots) for slots in track_slots])
+        offsets = np.concatenate([[0], np.cumsum(lengths[:-1])]).astype(np.int64)
+        return rows @ self._vectors[np.concatenate(track_slots)].T, offsets, lengths
 
     def _best(
         self, rows: np.ndarray, query_starts: Optional[np.ndarray], track_ids: list[str], top_k: int

@@ -210,7 +210,7 @@ def identify(
         aligned_count = min(fusion.top_n, len(matches))
         clock.add("align", time.perf_counter() - aligned)
     matches = matches[:top_k]
-    decided = list(zip(matches, _decisions(embedder.decision, [m.score for m in matches], aligned_count,
+    decided = list(zip(matches, match_decisions(embedder.decision, [m.score for m in matches], aligned_count,
                                            embeddings.duration_s, catalog.indexed_tracks())))
     if min_score is not None:
         decided = [(m, d) for m, d in decided if m.score >= min_score]
@@ -228,7 +228,7 @@ def identify(
                           clock.milliseconds(), metadata_unavailable=records is None)
 
 
-def _decisions(decision: Optional[MatchDecision], scores: list[float], aligned_count: int, seconds: float,
+def match_decisions(decision: Optional[MatchDecision], scores: list[float], aligned_count: int, seconds: float,
                catalogue_tracks: int) -> list[tuple[Optional[bool], Optional[float]]]:
     """(is_match, confidence) per match: (None, None) without a decision; a match stage 3 did not align (beyond its
     N) is no match, with no confidence, since its score is on MaxMean's scale, not the calibrated one."""

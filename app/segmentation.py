@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 from app.catalog import Catalog
-from app.pipeline import ClipDurationError, Embedder, StageClock
+from app.pipeline import ClipDurationError, Embedder, StageClock, match_decisions
 from index.fusion import rerank
 from index.segments import SWITCH_PENALTY, ChunkSpan, absorb_short_spans, label_chunks, span_seconds, spans_of
 from models.audio import StopCheck, never_stop
@@ -63,7 +63,8 @@ def identify_segments(embedder: Embedder, catalog: Catalog, data: bytes, min_sec
         chunk_spans = absorb_short_spans(spans_of(label_chunks(chunk_scores, switch_penalty)), chunk_scores)
         bounds = span_seconds(chunk_spans, starts, embedder.extractor.config.chunk_seconds, embeddings.duration_s)
         checked = time.perf_counter()
-        spans = [_checked_span(embedder, catalog, embeddings, span, candidates[span.candidate], bounds[i])
+        tracks = catalog.indexed_tracks()
+        spans = [_checked_span(embedder, catalog, embeddings, span, candidates[span.candidate], bounds[i], tracks)
                  for i, span in enumerate(chunk_spans)]
         clock.add("align", time.perf_counter() - checked)
         spans = _with_titles(catalog, _merge_unmatched(spans))
@@ -72,32 +73,30 @@ def identify_segments(embedder: Embedder, catalog: Catalog, data: bytes, min_sec
 
 
 def _checked_span(embedder: Embedder, catalog: Catalog, embeddings, span: ChunkSpan, track_id: str,
-                  bounds: tuple[float, float]) -> Span:
+                  bounds: tuple[float, float], catalogue_tracks: int) -> Span:
     """The span as a query of its own against its track; no track when the decision says it is no match."""
     rows = slice(span.first, span.last + 1)
-    found = catalog.score(embeddings.vectors.numpy()[rows], [track_id], embeddings.starts_s.numpy()[rows])
+    starts = embeddings.starts_s.numpy()
+    found = catalog.score(embeddings.vectors.numpy()[rows], [track_id], starts[rows])
     if not found:  # deleted since stage 1
         return _unmatched(*bounds)
     match = found[0]
     is_match, confidence = None, None
-    chunk_seconds = embedder.extractor.config.chunk_seconds
-    covered_s = float(embeddings.starts_s[span.last]) + chunk_seconds - float(embeddings.starts_s[span.first])
-    covered_s = min(covered_s, embeddings.duration_s)
+    covered_s = min(float(starts[span.last]) + embedder.extractor.config.chunk_seconds - float(starts[span.first]),
+                    embeddings.duration_s)
     if embedder.stage3 is not None and embeddings.sequence is not None:
         fusion, alignment = embedder.stage3
         frame_s = embedder.extractor.config.sequence_frame_seconds
-        first = int(float(embeddings.starts_s[span.first]) / frame_s)
+        first = int(float(starts[span.first]) / frame_s)
         sequence = embeddings.sequence[:, first : first + max(1, int(covered_s / frame_s))]
         match = rerank([match], sequence, catalog.sequences([track_id]), covered_s, frame_s, fusion, alignment)[0]
         if match.query_start_s == 0.0:  # an alignment path placed the span: 0 is the start of its sequence
-            match = replace(match, query_start_s=float(embeddings.starts_s[span.first]))
-        if embedder.decision is not None:
-            is_match, confidence = embedder.decision.decide(match.score, covered_s, catalog.indexed_tracks())
-            if not is_match:
-                return _unmatched(*bounds)
+            match = replace(match, query_start_s=float(starts[span.first]))
+        (is_match, confidence), = match_decisions(embedder.decision, [match.score], 1, covered_s, catalogue_tracks)
+        if is_match is False:
+            return _unmatched(*bounds)
     return Span(round(bounds[0], 3), round(bounds[1], 3), track_id, None, None, round(match.score, 5), is_match,
-                None if confidence is None else round(confidence, 4), round(float(match.query_start_s), 3),
-                round(float(match.reference_start_s), 3))
+                confidence, round(float(match.query_start_s), 3), round(float(match.reference_start_s), 3))
 
 
 def _unmatched(start_s: float, end_s: float) -> Span:

@@ -327,7 +327,8 @@ class LocalIndex:
             table, offsets, _ = self._similarities(rows, [self._tracks[t].slots for t in candidates])
             return candidates, np.maximum.reduceat(table, offsets, axis=1)
 
-    def score(self, query: np.ndarray, track_ids: list[str], query_starts_s: Optional[np.ndarray] = None) -> list[Match]:
+    def score(self, query: np.ndarray, track_ids: list[str],
+              query_starts_s: Optional[np.ndarray] = None) -> list[Match]:
         """Stage 2 alone: MaxMean of the query against these tracks (those still indexed), best first."""
         rows = self._unit_rows(query, "query")
         starts = _check_starts(query_starts_s, len(rows), "query_starts_s")

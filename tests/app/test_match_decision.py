@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from app.pipeline import _decisions, load_decision
+from app.pipeline import load_decision, match_decisions
 from index.alignment import AlignmentSettings
 from index.calibration import Calibration, CalibrationError, MatchDecision, fit_length
 from index.fusion import FusionSettings
@@ -51,7 +51,7 @@ def test_without_a_usable_calibration_there_is_no_decision_and_the_reason_names_
 def test_aligned_matches_get_a_decision_and_the_rest_none(calibration_file):
     decision = MatchDecision(Calibration.load(calibration_file), 0.01)
     threshold = decision.calibration.threshold(10.0, 80, 0.01)
-    decided = _decisions(decision, [threshold + 0.05, threshold - 0.05, 0.99], 2, 10.0, 80)
+    decided = match_decisions(decision, [threshold + 0.05, threshold - 0.05, 0.99], 2, 10.0, 80)
     assert [d[0] for d in decided] == [True, False, False]
     assert decided[0][1] > 0.99 > decided[1][1] and decided[2][1] is None  # the third was never aligned
-    assert _decisions(None, [0.5, 0.4], 2, 10.0, 80) == [(None, None), (None, None)]
+    assert match_decisions(None, [0.5, 0.4], 2, 10.0, 80) == [(None, None), (None, None)]

@@ -22,8 +22,8 @@ import numpy as np
 
 from index.calibration import Calibration, fit_length
 from index.defaults import K_NEIGHBOURS
-from models.training.evaluation import (FULL, Embed, IndexFactory, Recording, Stage3, _embed, _local_index,
-                                        _stage3_scores, build_queries)
+from models.training.evaluation import (FULL, Embed, IndexFactory, Recording, Stage3, _embed, _stage3_scores,
+                                        build_queries, catalogue_of)
 
 # up to the longest game track: a full-track query of any length then falls between two fitted lengths or past the
 # last one, where the last fit holds
@@ -50,10 +50,7 @@ def absent_work_bests(
     only its own recording: pieces of one source often share themes, and their bests would be matches, not chance."""
     if len(recordings) < 3:
         raise ValueError(f"need at least 3 recordings to calibrate, got {len(recordings)}")
-    full = {rec.recording_id: _embed(embed, rec.spectrogram) for rec in recordings}
-    index = (index_factory or _local_index)(next(iter(full.values())).shape[1], k_neighbours)
-    for rec_id, vectors in full.items():
-        index.add(rec_id, vectors)
+    _, index = catalogue_of(embed, recordings, k_neighbours, index_factory)
     sequences = {rec.recording_id: stage3.sequence(rec.spectrogram).numpy() for rec in recordings}
     queries = [q for q in build_queries(recordings, seed, frame_seconds, lengths, clips_per_length) if q.length != FULL]
     source_of = sources or {rec.recording_id: rec.recording_id for rec in recordings}

@@ -191,6 +191,19 @@ def _local_index(dim: int, k_neighbours: int) -> SearchIndex:
     return LocalIndex(dim, k_neighbours=k_neighbours)
 
 
+def catalogue_of(embed: Embed, recordings: Sequence[Recording], k_neighbours: int,
+                 index_factory: Optional[IndexFactory] = None) -> tuple[dict[str, np.ndarray], SearchIndex]:
+    """Every recording embedded whole and added to a fresh index: ({recording id: (N, D) vectors}, the index)."""
+    full = {rec.recording_id: _embed(embed, rec.spectrogram) for rec in recordings}
+    dims = {v.shape[1] for v in full.values()}
+    if len(dims) != 1:
+        raise ValueError(f"embed returned different dimensions {sorted(dims)} for different recordings")
+    index = (index_factory or _local_index)(dims.pop(), k_neighbours)
+    for rec_id, vectors in full.items():
+        index.add(rec_id, vectors)
+    return full, index
+
+
 def scores_for(matches: Sequence[Match], positions: dict[str, int]) -> np.ndarray:
     """Score of every database track, at its position; a track the search did not return scores 0 (the paper's rule)."""
     scores = np.zeros(len(positions), dtype=np.float64)
@@ -278,13 +291,7 @@ def evaluate(
     if len(recordings) < 2:
         raise ValueError(f"need at least 2 recordings to evaluate, got {len(recordings)}")
 
-    full = {rec.recording_id: _embed(embed, rec.spectrogram) for rec in recordings}
-    dims = {v.shape[1] for v in full.values()}
-    if len(dims) != 1:
-        raise ValueError(f"embed returned different dimensions {sorted(dims)} for different recordings")
-    index = (index_factory or _local_index)(dims.pop(), k_neighbours)
-    for rec_id, vectors in full.items():
-        index.add(rec_id, vectors)
+    full, index = catalogue_of(embed, recordings, k_neighbours, index_factory)
 
     # numpy over the database, so a query costs O(database) in C, not in Python (SHS100K-TEST: 10k tracks)
     positions = {rec_id: i for i, rec_id in enumerate(ids)}

@@ -20,7 +20,7 @@ import torch
 from app.console import progress_line
 from app.settings import SHIPPED_MODEL, get_settings
 from index.alignment import AlignmentSettings
-from index.calibration import calibration_mismatch
+from index.defaults import calibration_beside
 from index.fusion import FusionSettings
 from models.audio import AudioError
 from models.config import FEATURES, ExtractorConfig
@@ -188,7 +188,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for spec in args.model:
         name, _, path = spec.partition("=")
         loaded = load_extractor(path, "cpu")
-        calibration = args.calibration or Path(path).with_name("calibration.json")
+        calibration = args.calibration or calibration_beside(path)
         stage3 = None if args.no_stage3 else _stage3(loaded, calibration, get_settings().false_match_rate)
         methods.append(Method(name, loaded.config, artifact_embedder(loaded.module), loaded.module.frontend.spectrogram,
                               stage3))
@@ -219,18 +219,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _stage3(loaded, calibration_path: Optional[Path] = None, false_match_rate: float = 0.01):
     """The artifact's stage 3 as the evaluation runs it, with the match decision when a calibration for this model
     and these stage-3 settings is at `calibration_path`; None when the artifact has no stage 3."""
-    from index.calibration import Calibration
+    from app.pipeline import load_decision
     from models.training.evaluation import Stage3
 
     if loaded.stage3 is None:
         return None
     calibration = None
     if calibration_path is not None and calibration_path.is_file():
-        calibration = Calibration.load(calibration_path)
-        mismatch = calibration_mismatch(calibration, loaded.model_id, loaded.stage3)
-        if mismatch:
+        decision, mismatch = load_decision(calibration_path, false_match_rate, loaded)
+        if decision is None:
             print(f"calibration {calibration_path} not used: {mismatch}", file=sys.stderr)
-            calibration = None
+        else:
+            calibration = decision.calibration
     return Stage3(loaded.module.frontend.pitch_sequence, *loaded.stage3, calibration, false_match_rate)
 
 
@@ -269,7 +269,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
                  f"{args.clips_per_length} clips per length, each against the recordings of the other folders "
                  f"({ranked_against:.0f} on average)")
     calibration = fit_calibration(bests, loaded.model_id, stage3, round(ranked_against), fitted_on)
-    out = args.out or args.model.with_name("calibration.json")
+    out = args.out or calibration_beside(args.model)
     out.parent.mkdir(parents=True, exist_ok=True)
     calibration.save(out)
     rate = get_settings().false_match_rate

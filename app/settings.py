@@ -13,7 +13,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
-from index.defaults import EF_SEARCH, HNSW_M, K_NEIGHBOURS
+from index.defaults import EF_SEARCH, HNSW_M, K_NEIGHBOURS, calibration_beside
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_MODEL = REPO_ROOT / "models" / "weights" / "extractor.pt"
@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     def decision_calibration(self) -> Path:
         """The calibration the service loads: the one set, else the file beside the model (where `make model` and
         `coverid calibrate --out` put it)."""
-        return self.calibration_path or self.model_path.with_name("calibration.json")
+        return self.calibration_path or calibration_beside(self.model_path)
 
     @property
     def snapshot_path(self) -> Path:

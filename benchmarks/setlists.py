@@ -37,6 +37,7 @@ from app.pipeline import Embedder, ingest, load_decision
 from app.segmentation import identify_segments
 from app.settings import Settings
 from app.store import open_store
+from index.defaults import calibration_beside
 from models.audio import decode_audio
 from models.extractor import load_extractor
 from models.training.distil import audio_files
@@ -102,8 +103,7 @@ def main() -> None:
     rate = extractor.config.sample_rate
     settings = Settings()
     decision, why = (None, "--no-decision") if args.no_decision else \
-        load_decision(args.calibration or Path(args.model).with_name("calibration.json"), settings.false_match_rate,
-                      extractor)
+        load_decision(args.calibration or calibration_beside(args.model), settings.false_match_rate, extractor)
     print(f"match decision: {'on' if decision else 'off (' + why + ')'}", flush=True)
     embedder = Embedder(extractor, decision=decision)
     by_work = defaultdict(list)

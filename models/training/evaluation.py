@@ -35,7 +35,7 @@ from sklearn.metrics import average_precision_score
 from torch import Tensor
 
 from index.alignment import AlignmentSettings
-from index.calibration import Calibration
+from index.calibration import Calibration, MatchDecision
 from index.defaults import K_NEIGHBOURS
 from index.fusion import FusionSettings, rerank
 from models.config import ExtractorConfig
@@ -249,9 +249,9 @@ def _match_decisions(ids: Sequence[str], scores: np.ndarray, relevant: set[str],
     fused = [(track in relevant, score - 3.0) for track, score in zip(ids[:top], scores[:top])]
     absent = [score for is_relevant, score in fused if not is_relevant]
     present = [score for is_relevant, score in fused if is_relevant]
-    rate = stage3.false_match_rate
-    false_match = bool(absent) and absent[0] >= stage3.calibration.threshold(seconds, tracks - len(relevant), rate)
-    found = bool(present) and present[0] >= stage3.calibration.threshold(seconds, tracks, rate)
+    decision = MatchDecision(stage3.calibration, stage3.false_match_rate)  # the service's rule, as it applies it
+    false_match = bool(absent) and decision.decide(absent[0], seconds, tracks - len(relevant))[0]
+    found = bool(present) and decision.decide(present[0], seconds, tracks)[0]
     return false_match, found
 
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 
 from app.store import CatalogStore, StoreError, StoreUnavailable, TrackRecord
+from index.defaults import EF_CONSTRUCTION
 from index.local_index import LocalIndex, Match, UnknownTrack, read_header
 
 if TYPE_CHECKING:
@@ -50,10 +51,11 @@ class IndexSettings:
     k_neighbours: int
     ef_search: int
     m: int
+    ef_construction: int = EF_CONSTRUCTION
 
     @classmethod
     def of(cls, settings: "Settings", dim: int) -> "IndexSettings":
-        return cls(dim, settings.k_neighbours, settings.ef_search, settings.hnsw_m)
+        return cls(dim, settings.k_neighbours, settings.ef_search, settings.hnsw_m, settings.hnsw_ef_construction)
 
 
 class Catalog:
@@ -259,7 +261,7 @@ def _rebuild(store: CatalogStore, settings: IndexSettings) -> tuple[LocalIndex, 
     """
     generation = store.generation()
     index = LocalIndex(settings.dim, k_neighbours=settings.k_neighbours, ef_search=settings.ef_search, m=settings.m,
-                       initial_capacity=max(1024, store.vector_count()))
+                       ef_construction=settings.ef_construction, initial_capacity=max(1024, store.vector_count()))
     batch: list = []
     for record in store.iter_records(batch_size=REBUILD_BATCH):
         batch.append((record.track_id, record.vectors, record.starts_s, record.sequence))

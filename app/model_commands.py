@@ -174,7 +174,8 @@ def _service_index(dim: int, k_neighbours: int):
     from index.local_index import LocalIndex
 
     settings = get_settings()
-    return LocalIndex(dim, k_neighbours=k_neighbours, ef_search=settings.ef_search, m=settings.hnsw_m)
+    return LocalIndex(dim, k_neighbours=k_neighbours, ef_search=settings.ef_search, m=settings.hnsw_m,
+                      ef_construction=settings.hnsw_ef_construction)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
-from index.defaults import EF_SEARCH, HNSW_M, K_NEIGHBOURS, calibration_beside
+from index.defaults import EF_CONSTRUCTION, EF_SEARCH, HNSW_M, K_NEIGHBOURS, calibration_beside
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_MODEL = REPO_ROOT / "models" / "weights" / "extractor.pt"
@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     k_neighbours: int = Field(K_NEIGHBOURS, ge=1, le=1000, description="HNSW neighbours per query chunk")
     ef_search: int = Field(EF_SEARCH, ge=1, description="HNSW beam width; raised to k_neighbours when lower")
     hnsw_m: int = Field(HNSW_M, ge=4, le=128, description="HNSW links per node; fixed when the index is built")
+    hnsw_ef_construction: int = Field(EF_CONSTRUCTION, ge=8, le=4000, description="HNSW beam while building the "
+                                      "graph; a graph keeps the value it was built with until rebuilt")
     max_top_k: int = Field(200, ge=1)
     # stage 3: stage-2 candidates aligned per query; unset: the artifact's (models/weights/MODEL_CARD.md), 0: off
     stage3_top_n: Optional[int] = Field(None, ge=0, le=10000, description="candidates aligned per query (stage 3)")

@@ -53,7 +53,7 @@ def fill(data_dir: Path, tracks: int, args: argparse.Namespace, model_id: str, s
     store = SQLiteStore(data_dir)  # a new, empty store: the catalogue starts from an empty index of the chosen shape
     index = LocalIndex(sampler.dim, k_neighbours=args.k, m=args.m, ef_construction=args.ef_construction,
                        ef_search=args.ef, initial_capacity=tracks * args.chunks + 1024)
-    catalog = Catalog(store, index, model_id, IndexSettings(sampler.dim, args.k, args.ef, args.m), Settings().retry_after_s)
+    catalog = Catalog(store, index, model_id, IndexSettings(sampler.dim, args.k, args.ef, args.m, args.ef_construction), Settings().retry_after_s)
     starts = (np.arange(args.chunks) * 10.0).astype(np.float32)
     duration_s = 10.0 * args.chunks + 10
     started = time.perf_counter()
@@ -81,7 +81,7 @@ def audio_bytes(seconds: float, seed: int) -> bytes:
 def serve(model: Path, data_dir: Path, port: int, args: argparse.Namespace) -> subprocess.Popen:
     env = {**os.environ, "COVERID_MODEL_PATH": str(model), "COVERID_DATA_DIR": str(data_dir), "COVERID_DEVICE": "cpu",
            "COVERID_LOG_LEVEL": "warning", "COVERID_K_NEIGHBOURS": str(args.k), "COVERID_EF_SEARCH": str(args.ef),
-           "COVERID_HNSW_M": str(args.m)}
+           "COVERID_HNSW_M": str(args.m), "COVERID_HNSW_EF_CONSTRUCTION": str(args.ef_construction)}
     process = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port),
                                 "--log-level", "warning"], env=env)
     for _ in range(6000):

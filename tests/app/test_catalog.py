@@ -8,7 +8,7 @@ import redis
 from app.catalog import Catalog, IndexSettings
 from app.settings import Settings
 from app.store import RedisStore, SQLiteStore, TrackRecord
-from index.local_index import GRAPH_MEMBER
+from index.local_index import GRAPH_MEMBER, read_header
 from tests.conftest import rewrite_snapshot
 
 DIM = 16
@@ -61,6 +61,17 @@ def test_the_snapshot_is_used_when_it_fits_and_a_changed_m_rebuilds_from_the_sto
     catalog.save_snapshot(tmp_path / "index.snapshot")
     catalog.close()
     assert reopen(tmp_path, m=32)[1] == "snapshot"
+
+
+def test_the_graph_is_built_with_the_configured_beam(tmp_path):
+    settings = Settings(hnsw_ef_construction=64)  # COVERID_HNSW_EF_CONSTRUCTION
+    catalog, how = Catalog.open(SQLiteStore(tmp_path), MODEL, tmp_path / "index.snapshot",
+                                IndexSettings.of(settings, DIM), settings.retry_after_s)
+    assert how == "rebuilt"
+    catalog.ingest_many([record(f"t{i}", np.random.default_rng(i)) for i in range(3)])
+    catalog.save_snapshot(tmp_path / "index.snapshot")
+    catalog.close()
+    assert read_header(tmp_path / "index.snapshot").ef_construction == 64
 
 
 def saved_catalogue(tmp_path, make_store=SQLiteStore) -> np.ndarray:

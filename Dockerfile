@@ -13,7 +13,7 @@ COPY pyproject.toml README.md ./
 COPY app ./app
 COPY models ./models
 COPY index ./index
-RUN pip install . && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
+RUN pip install '.[milvus]' && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 
 # -- runtime: the virtual environment, the shipped model, a non-root user; no compilers, no caches
 FROM python:3.11-slim

@@ -7,6 +7,10 @@ snapshot is written only at a clean shutdown, records the store generation it
 reflects, and is removed once loaded. Processes sharing one store follow its
 change log (`Catalog.sync`), so a track ingested through one replica is found
 through every other within the sync interval.
+
+With `COVERID_MILVUS_URI` the first stage lives in Milvus instead (index/milvus_index.py): every process
+writes the same collection and reads candidates' vectors from the store, so there is no snapshot, and
+start-up brings the collection in line with the store instead of rebuilding it.
 """
 
 from __future__ import annotations
@@ -17,15 +21,19 @@ import shutil
 import threading
 import time
 from contextlib import suppress
-from dataclasses import dataclass
+from functools import partial
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
 
 from app.store import CatalogStore, StoreError, StoreUnavailable, TrackRecord
 from index.defaults import EF_CONSTRUCTION
 from index.local_index import LocalIndex, Match, UnknownTrack, read_header
+from index.milvus_index import MilvusIndex, StoredTrack
+
+SearchIndex = Union[LocalIndex, MilvusIndex]  # the search-backend seam: one interface, two implementations
 
 if TYPE_CHECKING:
     from app.settings import Settings
@@ -52,10 +60,18 @@ class IndexSettings:
     ef_search: int
     m: int
     ef_construction: int = EF_CONSTRUCTION
+    engine_uri: Optional[str] = None  # Milvus (index/milvus_index.py); None: the in-process LocalIndex
+    engine_collection: str = "coverid_chunks"
+    engine_token: str = field(default="", repr=False)
+    engine_shards: int = 1
+    engine_replicas: int = 1
 
     @classmethod
     def of(cls, settings: "Settings", dim: int) -> "IndexSettings":
-        return cls(dim, settings.k_neighbours, settings.ef_search, settings.hnsw_m, settings.hnsw_ef_construction)
+        token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
+        return cls(dim, settings.k_neighbours, settings.ef_search, settings.hnsw_m, settings.hnsw_ef_construction,
+                   settings.milvus_location, settings.milvus_collection, token, settings.milvus_shards,
+                   settings.milvus_replicas)
 
 
 class Catalog:
@@ -66,7 +82,7 @@ class Catalog:
     when `sync` replays the log, which `follow` does every few seconds in the background.
     """
 
-    def __init__(self, store: CatalogStore, index: LocalIndex, model_id: str, settings: IndexSettings,
+    def __init__(self, store: CatalogStore, index: SearchIndex, model_id: str, settings: IndexSettings,
                  store_retry_s: float, generation: int = 0):
         self._store = store
         self._index = index
@@ -99,7 +115,7 @@ class Catalog:
                 f"the catalogue holds embeddings of model(s) {foreign}, but the loaded extractor is {model_id!r}; "
                 "re-embed the catalogue with this model or load the model that built it"
             )
-        loaded = _load_snapshot(snapshot, store, model_id, settings)
+        loaded = None if settings.engine_uri else _load_snapshot(snapshot, store, model_id, settings)
         if loaded is not None:
             catalog = cls(store, loaded[0], model_id, settings, store_retry_s, generation=loaded[1])
             try:
@@ -107,10 +123,10 @@ class Catalog:
                 return catalog, "snapshot"
             except CatalogBehind:
                 log.info("the store's change log does not reach back to the snapshot; rebuilding the index")
-        index, generation = _rebuild(store, settings)
+        index, generation = _rebuild(store, settings, model_id)
         catalog = cls(store, index, model_id, settings, store_retry_s, generation=generation)
         catalog.sync()  # what other processes wrote during the rebuild
-        return catalog, "rebuilt"
+        return catalog, "engine" if settings.engine_uri else "rebuilt"
 
     def sync(self, batch: int = 1000) -> int:
         """Bring the index up to the store's latest generation; returns the changes replayed.
@@ -152,7 +168,7 @@ class Catalog:
                     on_change(self)
             except CatalogBehind as err:
                 log.warning("%s; rebuilding the index from the store", err)
-                index, generation = _rebuild(self._store, self.settings)
+                index, generation = _rebuild(self._store, self.settings, self.model_id)
                 with self._writes:
                     self._index, self.generation = index, generation
             except StoreError as err:
@@ -222,6 +238,8 @@ class Catalog:
 
     def close(self) -> None:
         self._store.close()
+        if isinstance(self._index, MilvusIndex):
+            self._index.close()
 
     def search(self, vectors: np.ndarray, top_k: int, query_starts_s: Optional[np.ndarray] = None,
                timings: Optional[dict] = None) -> list[Match]:
@@ -247,6 +265,8 @@ class Catalog:
         return out
 
     def save_snapshot(self, path: Path) -> None:
+        if not self._index.snapshots:  # an engine keeps its own data
+            return
         path.parent.mkdir(parents=True, exist_ok=True)  # a Redis-backed service may have no data dir yet
         with suppress(StoreError, CatalogBehind):
             self.sync()  # the snapshot then records the latest generation it can
@@ -254,12 +274,15 @@ class Catalog:
             self._index.save(path, self.model_id, self.generation)
 
 
-def _rebuild(store: CatalogStore, settings: IndexSettings) -> tuple[LocalIndex, int]:
-    """A fresh index of everything in the store, and the generation it reflects at least.
+def _rebuild(store: CatalogStore, settings: IndexSettings, model_id: str) -> tuple[SearchIndex, int]:
+    """A fresh index of everything in the store (or the engine's collection brought in line with the store), and
+    the generation it reflects at least.
 
     The generation is read before the scan: whatever changes during it is replayed by `sync` later.
     """
     generation = store.generation()
+    if settings.engine_uri:
+        return _engine_in_line(store, settings, model_id), generation
     index = LocalIndex(settings.dim, k_neighbours=settings.k_neighbours, ef_search=settings.ef_search, m=settings.m,
                        ef_construction=settings.ef_construction, initial_capacity=max(1024, store.vector_count()))
     batch: list = []
@@ -270,6 +293,49 @@ def _rebuild(store: CatalogStore, settings: IndexSettings) -> tuple[LocalIndex, 
             batch = []
     index.add_many(batch)
     return index, generation
+
+
+def _engine_in_line(store: CatalogStore, settings: IndexSettings, model_id: str) -> MilvusIndex:
+    """The engine's collection, holding exactly the store's tracks of this model.
+
+    A collection made now (new, or filled for another model) is filled from the store; an existing one gets what it
+    misses (a writer that stopped between the store and the engine) and loses what the store no longer has.
+    """
+    index = MilvusIndex(settings.engine_uri, settings.engine_collection, settings.dim, model_id,
+                        partial(_stored_tracks, store, model_id), k_neighbours=settings.k_neighbours,
+                        ef_search=settings.ef_search, m=settings.m, ef_construction=settings.ef_construction,
+                        token=settings.engine_token, shards=settings.engine_shards, replicas=settings.engine_replicas)
+    held = set() if index.created else set(index.track_ids())
+    stored: set[str] = set()
+    batch: list = []
+    for record in store.iter_records(batch_size=REBUILD_BATCH):
+        if record.model_id != model_id:
+            continue
+        stored.add(record.track_id)
+        if record.track_id not in held:
+            batch.append((record.track_id, record.vectors, record.starts_s, record.sequence))
+        if len(batch) == REBUILD_BATCH:
+            index.add_many(batch, replace=True)
+            batch = []
+    index.add_many(batch, replace=True)
+    if stored - held:
+        index.flush()
+    for track_id in held - stored:
+        with suppress(UnknownTrack):  # another replica removed it meanwhile
+            index.remove(track_id)
+    log.info("Milvus collection %s: %d tracks added from the store, %d removed", settings.engine_collection,
+             len(stored - held), len(held - stored))
+    return index
+
+
+def _stored_tracks(store: CatalogStore, model_id: str, track_ids: list[str]) -> dict[str, StoredTrack]:
+    """What stage 2 and 3 read of the engine's candidates: the store's vectors, chunk starts and sequences."""
+    found = {}
+    for track_id in track_ids:
+        record = store.get(track_id, with_vectors=True)
+        if record is not None and record.model_id == model_id:
+            found[track_id] = StoredTrack(record.vectors, record.starts_s, record.sequence)
+    return found
 
 
 def _load_snapshot(path: Path, store: CatalogStore, model_id: str, settings: IndexSettings

@@ -40,6 +40,14 @@ class Settings(BaseSettings):
     hnsw_m: int = Field(HNSW_M, ge=4, le=128, description="HNSW links per node; fixed when the index is built")
     hnsw_ef_construction: int = Field(EF_CONSTRUCTION, ge=8, le=4000, description="HNSW beam while building the "
                                       "graph; a graph keeps the value it was built with until rebuilt")
+    # the first stage in Milvus instead of this process (index/milvus_index.py): past one node
+    milvus_uri: Optional[str] = Field(None, min_length=1, description="unset: the in-process index; a Milvus server "
+                                      "or cluster (http://host:19530), or a local path for milvus-lite in this process")
+    milvus_collection: str = Field("coverid_chunks", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$",
+                                   description="the Milvus collection of local embeddings (one per catalogue)")
+    milvus_token: Optional[SecretStr] = Field(None, description="Milvus credentials (user:password or an API key)")
+    milvus_shards: int = Field(1, ge=1, le=64, description="shards of the collection, when the service creates it")
+    milvus_replicas: int = Field(1, ge=1, le=64, description="in-memory replicas Milvus serves the collection from")
     max_top_k: int = Field(200, ge=1)
     # stage 3: stage-2 candidates aligned per query; unset: the artifact's (models/weights/MODEL_CARD.md), 0: off
     stage3_top_n: Optional[int] = Field(None, ge=0, le=10000, description="candidates aligned per query (stage 3)")
@@ -95,6 +103,14 @@ class Settings(BaseSettings):
         """The calibration the service loads: the one set, else the file beside the model (where `make model` and
         `coverid calibrate --out` put it)."""
         return self.calibration_path or calibration_beside(self.model_path)
+
+    @property
+    def milvus_location(self) -> Optional[str]:
+        """The engine's URI with a relative local path (milvus-lite) under the data dir, as the snapshot is."""
+        uri = self.milvus_uri
+        if uri is None or "://" in uri or Path(uri).is_absolute():
+            return uri
+        return str(self.data_dir / uri)
 
     @property
     def snapshot_path(self) -> Path:

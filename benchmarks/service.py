@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import httpx
 import numpy as np
@@ -78,10 +79,11 @@ def audio_bytes(seconds: float, seed: int) -> bytes:
     return buffer.getvalue()
 
 
-def serve(model: Path, data_dir: Path, port: int, args: argparse.Namespace) -> subprocess.Popen:
+def serve(model: Path, data_dir: Path, port: int, args: argparse.Namespace, extra_env: Optional[dict] = None
+          ) -> subprocess.Popen:
     env = {**os.environ, "COVERID_MODEL_PATH": str(model), "COVERID_DATA_DIR": str(data_dir), "COVERID_DEVICE": "cpu",
            "COVERID_LOG_LEVEL": "warning", "COVERID_K_NEIGHBOURS": str(args.k), "COVERID_EF_SEARCH": str(args.ef),
-           "COVERID_HNSW_M": str(args.m), "COVERID_HNSW_EF_CONSTRUCTION": str(args.ef_construction)}
+           "COVERID_HNSW_M": str(args.m), "COVERID_HNSW_EF_CONSTRUCTION": str(args.ef_construction), **(extra_env or {})}
     process = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port),
                                 "--log-level", "warning"], env=env)
     for _ in range(6000):
@@ -93,6 +95,19 @@ def serve(model: Path, data_dir: Path, port: int, args: argparse.Namespace) -> s
     raise RuntimeError("the service did not become ready")
 
 
+def identify_times(port: int, clip: bytes, requests: int) -> tuple[list[float], list[dict]]:
+    """POST /identify of `clip` `requests` times after a warm-up: each one's wall time (s) and its timings_ms."""
+    latencies, stages = [], []
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+        client.post("/identify", files={"file": ("clip.flac", clip)})  # warm-up
+        for _ in range(requests):
+            started = time.perf_counter()
+            response = client.post("/identify", files={"file": ("clip.flac", clip)})
+            latencies.append(time.perf_counter() - started)
+            stages.append(response.raise_for_status().json()["timings_ms"])
+    return latencies, stages
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -100,9 +115,8 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tracks", type=int, nargs="+", default=[1000])
+def catalogue_arguments(parser: argparse.ArgumentParser) -> None:
+    """The synthetic catalogue's shape and the search settings, as this script and milvus_backend.py take them."""
     parser.add_argument("--chunks", type=int, default=17, help="local embeddings per track: 17 is a 3-minute track")
     parser.add_argument("--versions", type=int, default=10, help="catalogue tracks per work")
     parser.add_argument("--query-chunks", type=int, default=2, help="2 is a 30 s clip (20 s chunks, 10 s hop)")
@@ -115,9 +129,15 @@ def main() -> None:
     parser.add_argument("--ef", type=int, default=EF_SEARCH, help="HNSW query beam")
     parser.add_argument("--m", type=int, default=HNSW_M, help="HNSW links per node")
     parser.add_argument("--ef-construction", type=int, default=EF_CONSTRUCTION)
+    parser.add_argument("--model", type=Path, default=Path("models/weights/extractor.pt"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tracks", type=int, nargs="+", default=[1000])
+    catalogue_arguments(parser)
     parser.add_argument("--sweep", nargs="*", default=[], metavar="K:EF",
                         help="more (K, ef) pairs for the in-process comparison, e.g. 50:200 100:400")
-    parser.add_argument("--model", type=Path, default=Path("models/weights/extractor.pt"))
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--queries", type=int, default=50)
     parser.add_argument("--ingest-tracks", type=int, default=10)
@@ -148,14 +168,7 @@ def main() -> None:
             del index, contents
             process = serve(args.model, data_dir, args.port, args)
             try:
-                latencies, stages = [], []
-                with httpx.Client(base_url=f"http://127.0.0.1:{args.port}", timeout=60) as client:
-                    client.post("/identify", files={"file": ("clip.flac", clip)})  # warm-up
-                    for _ in range(args.requests):
-                        t = time.perf_counter()
-                        response = client.post("/identify", files={"file": ("clip.flac", clip)})
-                        latencies.append(time.perf_counter() - t)
-                        stages.append(response.raise_for_status().json()["timings_ms"])
+                latencies, stages = identify_times(args.port, clip, args.requests)
                 rss = rss_mib(process.pid)
             finally:
                 process.terminate()

@@ -99,6 +99,8 @@ TrackItem = tuple  # (track_id, vectors (N, dim), starts_s (N,) or None[, sequen
 class LocalIndex:
     """Local embeddings of many tracks; thread safe (searches run together, add/remove are exclusive)."""
 
+    snapshots = True  # the service writes one at shutdown (save) and starts from it (load)
+
     def __init__(
         self,
         dim: int,
@@ -109,7 +111,7 @@ class LocalIndex:
         initial_capacity: int = 1024,
     ) -> None:
         """Defaults as the service's settings' (index/defaults.py); the service passes its settings."""
-        _check_positive(
+        check_positive(
             dim=dim, k_neighbours=k_neighbours, m=m, ef_construction=ef_construction,
             ef_search=ef_search, initial_capacity=initial_capacity,
         )
@@ -190,7 +192,7 @@ class LocalIndex:
         """Change K and ef for the searches that follow; ef stays at least K."""
         k = self._k if k_neighbours is None else k_neighbours
         ef = self._ef_search if ef_search is None else ef_search
-        _check_positive(k_neighbours=k, ef_search=ef)
+        check_positive(k_neighbours=k, ef_search=ef)
         with self._lock.write():
             self._k, self._ef_search = k, ef
             self._hnsw.set_ef(max(ef, k))
@@ -213,8 +215,8 @@ class LocalIndex:
         prepared = []
         for track_id, vectors, starts_s, *sequence in items:
             rows = self._unit_rows(vectors, "vectors")
-            prepared.append((track_id, rows, _check_starts(starts_s, len(rows), "starts_s"),
-                             _check_sequence(sequence[0] if sequence else None)))
+            prepared.append((track_id, rows, check_starts(starts_s, len(rows), "starts_s"),
+                             check_sequence(sequence[0] if sequence else None)))
         ids = [track_id for track_id, *_ in prepared]
         if len(set(ids)) != len(ids):
             raise DuplicateTrack(f"a track id appears twice in one add_many: {sorted(i for i in ids if ids.count(i) > 1)[0]!r}")
@@ -300,9 +302,9 @@ class LocalIndex:
         `timings`, when given, receives the seconds of each stage under "search" and "rerank".
         """
         rows = self._unit_rows(query, "query")
-        starts = _check_starts(query_starts_s, len(rows), "query_starts_s")
+        starts = check_starts(query_starts_s, len(rows), "query_starts_s")
         k = self._k if k_neighbours is None else k_neighbours
-        _check_positive(top_k=top_k, k_neighbours=k)
+        check_positive(top_k=top_k, k_neighbours=k)
         with self._lock.read():
             if self._live == 0:
                 return []
@@ -319,7 +321,7 @@ class LocalIndex:
         """Stage 1 per query chunk: the tracks holding one of any chunk's `k_neighbours` nearest vectors, and each
         chunk's best cosine with each of them: (track ids, (M, C) float32)."""
         rows = self._unit_rows(query, "query")
-        _check_positive(k_neighbours=k_neighbours)
+        check_positive(k_neighbours=k_neighbours)
         with self._lock.read():
             if self._live == 0:
                 return [], np.zeros((len(rows), 0), dtype=np.float32)
@@ -331,7 +333,7 @@ class LocalIndex:
               query_starts_s: Optional[np.ndarray] = None) -> list[Match]:
         """Stage 2 alone: MaxMean of the query against these tracks (those still indexed), best first."""
         rows = self._unit_rows(query, "query")
-        starts = _check_starts(query_starts_s, len(rows), "query_starts_s")
+        starts = check_starts(query_starts_s, len(rows), "query_starts_s")
         with self._lock.read():
             present = [t for t in dict.fromkeys(track_ids) if t in self._tracks]
             return self._best(rows, starts, present, len(present))
@@ -352,8 +354,8 @@ class LocalIndex:
         alignment is then read for the top_k only. block_tracks bounds memory.
         """
         rows = self._unit_rows(query, "query")
-        starts = _check_starts(query_starts_s, len(rows), "query_starts_s")
-        _check_positive(top_k=top_k, block_tracks=block_tracks)
+        starts = check_starts(query_starts_s, len(rows), "query_starts_s")
+        check_positive(top_k=top_k, block_tracks=block_tracks)
         with self._lock.read():
             track_ids = list(self._tracks)
             scores = np.empty(len(track_ids), dtype=np.float32)
@@ -390,20 +392,7 @@ class LocalIndex:
             return []
         tracks = [self._tracks[track_id] for track_id in track_ids]
         padded, mask = self._gather([track.slots for track in tracks])
-        scores, query_index, reference_index = maxmean_best_pair(torch.from_numpy(rows), padded, candidate_mask=mask, unit=True)
-        scores, query_index, reference_index = scores.tolist(), query_index.tolist(), reference_index.tolist()
-        order = sorted(range(len(tracks)), key=lambda i: (-scores[i], track_ids[i]))[:top_k]
-        return [
-            Match(
-                track_id=track_ids[i],
-                score=scores[i],
-                query_segment=query_index[i],
-                reference_segment=reference_index[i],
-                query_start_s=_start(query_starts, query_index[i]),
-                reference_start_s=_start(tracks[i].starts_s, reference_index[i]),
-            )
-            for i in order
-        ]
+        return ranked_matches(rows, query_starts, track_ids, padded, mask, [track.starts_s for track in tracks], top_k)
 
     def _gather(self, track_slots: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Tracks' vectors padded into one (D, N_max, dim) tensor and its mask (D, N_max), in one gather.
@@ -418,16 +407,7 @@ class LocalIndex:
         return torch.from_numpy(self._vectors[slot_table]), torch.from_numpy(mask)
 
     def _unit_rows(self, vectors: np.ndarray, name: str) -> np.ndarray:
-        """(N, dim) finite, non-zero rows -> contiguous float32 unit rows (inner product is then cosine)."""
-        array = np.asarray(vectors, dtype=np.float32)
-        if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] != self._dim:
-            raise ValueError(f"{name} must have shape (N, {self._dim}) with N >= 1; got {array.shape}")
-        if not np.isfinite(array).all():
-            raise ValueError(f"{name} of shape (N, {self._dim}) contain NaN or infinite values")
-        norms = np.linalg.norm(array, axis=1, keepdims=True)
-        if (norms == 0).any():
-            raise ValueError(f"{name} contain an all-zero row, which has no direction")
-        return np.ascontiguousarray(array / norms)
+        return unit_rows(vectors, self._dim, name)
 
     # ---- snapshot
 
@@ -608,11 +588,44 @@ def _read_array(archive: zipfile.ZipFile, name: str) -> np.ndarray:
         return np.load(member, allow_pickle=False)
 
 
+
+def ranked_matches(rows: np.ndarray, query_starts: Optional[np.ndarray], track_ids: list[str], padded: torch.Tensor,
+                   mask: torch.Tensor, track_starts: list[Optional[np.ndarray]], top_k: int) -> list[Match]:
+    """Stage 2: one batched MaxMean of the (M, dim) unit query rows against the candidates' (D, N_max, dim) padded
+    unit vectors; the top_k as Matches, best first (ties by track id), with each one's best chunk pair."""
+    scores, query_index, reference_index = maxmean_best_pair(torch.from_numpy(rows), padded, candidate_mask=mask, unit=True)
+    scores, query_index, reference_index = scores.tolist(), query_index.tolist(), reference_index.tolist()
+    order = sorted(range(len(track_ids)), key=lambda i: (-scores[i], track_ids[i]))[:top_k]
+    return [
+        Match(
+            track_id=track_ids[i],
+            score=scores[i],
+            query_segment=query_index[i],
+            reference_segment=reference_index[i],
+            query_start_s=_start(query_starts, query_index[i]),
+            reference_start_s=_start(track_starts[i], reference_index[i]),
+        )
+        for i in order
+    ]
+
+
+def unit_rows(vectors: np.ndarray, dim: int, name: str) -> np.ndarray:
+    """(N, dim) finite, non-zero rows -> contiguous float32 unit rows (inner product is then cosine)."""
+    array = np.asarray(vectors, dtype=np.float32)
+    if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] != dim:
+        raise ValueError(f"{name} must have shape (N, {dim}) with N >= 1; got {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} of shape (N, {dim}) contain NaN or infinite values")
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise ValueError(f"{name} contain an all-zero row, which has no direction")
+    return np.ascontiguousarray(array / norms)
+
 def _start(starts_s: Optional[np.ndarray], segment: int) -> Optional[float]:
     return None if starts_s is None else float(starts_s[segment])
 
 
-def _check_starts(starts_s: Optional[np.ndarray], count: int, name: str) -> Optional[np.ndarray]:
+def check_starts(starts_s: Optional[np.ndarray], count: int, name: str) -> Optional[np.ndarray]:
     if starts_s is None:
         return None
     starts = np.asarray(starts_s, dtype=np.float64)
@@ -623,7 +636,7 @@ def _check_starts(starts_s: Optional[np.ndarray], count: int, name: str) -> Opti
     return starts.copy()
 
 
-def _check_sequence(sequence: Optional[np.ndarray]) -> Optional[np.ndarray]:
+def check_sequence(sequence: Optional[np.ndarray]) -> Optional[np.ndarray]:
     if sequence is None:
         return None
     if not isinstance(sequence, np.ndarray) or sequence.dtype != np.uint8 or sequence.ndim != 2 \
@@ -632,7 +645,7 @@ def _check_sequence(sequence: Optional[np.ndarray]) -> Optional[np.ndarray]:
     return np.ascontiguousarray(sequence)
 
 
-def _check_positive(**values: int) -> None:
+def check_positive(**values: int) -> None:
     for name, value in values.items():
         if int(value) != value or value < 1:
             raise ValueError(f"{name} must be a positive integer; got {value!r}")

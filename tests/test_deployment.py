@@ -36,7 +36,8 @@ def resolved(*files: Path) -> dict:
 
 def test_compose_runs_the_api_with_redis_prometheus_and_grafana():
     config = resolved(ROOT / "docker-compose.yml")
-    assert set(config["services"]) == {"api", "redis", "prometheus", "grafana"}
+    default = {name for name, service in config["services"].items() if not service.get("profiles")}
+    assert default == {"api", "redis", "prometheus", "grafana"}  # what a plain `docker compose up` starts
     api, redis, grafana = config["services"]["api"], config["services"]["redis"], config["services"]["grafana"]
     assert "deploy" not in api  # no GPU reservation by default: `up` works on a laptop
     assert "change-me-to-a-long-random-string" in api["environment"]["COVERID_REDIS_URL"]
@@ -58,6 +59,21 @@ def test_the_gpu_override_reserves_one_nvidia_device():
     devices = api["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     assert api["environment"]["COVERID_DEVICE"] == "cuda"
+
+
+def test_the_milvus_profile_runs_replicas_on_a_milvus_server_and_the_shared_redis():
+    services = resolved(ROOT / "docker-compose.yml")["services"]
+    profiled = {name for name, service in services.items() if service.get("profiles") == ["milvus"]}
+    assert profiled == {"api-milvus", "milvus", "milvus-etcd", "milvus-minio"}
+    api, milvus, minio = services["api-milvus"], services["milvus"], services["milvus-minio"]
+    assert api["environment"]["COVERID_MILVUS_URI"] == "http://milvus:19530"
+    assert api["environment"]["COVERID_REDIS_URL"] == services["api"]["environment"]["COVERID_REDIS_URL"]
+    assert api["depends_on"]["milvus"]["condition"] == "service_healthy" and api["deploy"]["replicas"] == 2
+    assert "snapshot" not in str(api.get("volumes"))  # stateless over the engine and the store
+    # Milvus reaches its MinIO with MinIO's own credentials, both from .env
+    assert milvus["environment"]["MINIO_ACCESS_KEY_ID"] == minio["environment"]["MINIO_ROOT_USER"]
+    assert milvus["environment"]["MINIO_SECRET_ACCESS_KEY"] == minio["environment"]["MINIO_ROOT_PASSWORD"] != ""
+    assert milvus["environment"]["ETCD_ENDPOINTS"].split(":")[0] == "milvus-etcd"
 
 
 def test_compose_without_passwords_stops_with_a_message_naming_them(tmp_path):

@@ -107,6 +107,58 @@ def redis_server(tmp_path_factory):
     server.stop()
 
 
+class MilvusServer:
+    """The Milvus engine as a server of its own on loopback (milvus-lite's gRPC server), as replicas share one."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        import sys
+
+        log = open(self.directory / "milvus.log", "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(self.directory / "data"),
+             "--host", "127.0.0.1", "--port", str(self.port)], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"the Milvus server exited with {self.process.returncode}: {self._log()}")
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.1)
+        self.stop()
+        pytest.fail(f"the Milvus server did not listen on {self.port} within 60 s: {self._log()}")
+
+    def _log(self) -> str:
+        return (self.directory / "milvus.log").read_text()[-2000:]
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory):
+    server = MilvusServer(tmp_path_factory.mktemp("milvus"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def milvus_env(server: MilvusServer, tmp_path: Path) -> dict[str, str]:
+    """A service's settings for the first stage in `server`, in a collection of the test's own."""
+    return {"COVERID_MILVUS_URI": server.uri, "COVERID_MILVUS_COLLECTION": f"t{abs(hash(tmp_path)) % 10**12}"}
+
+
 class ServiceProcess:
     """`coverid serve` in its own process on loopback, as an operator (and the image) runs it."""
 
@@ -158,18 +210,21 @@ class ServiceProcess:
 
 
 def running_service(request, tmp_path: Path, model_path: Path, env: dict[str, str]):
-    """Generator body of a service fixture parametrised by store ("sqlite" or "redis"):
-    starts the server on a fresh data dir (and a fresh Redis database), yields it, cleans up."""
+    """Generator body of a service fixture parametrised by store ("sqlite" or "redis"; "milvus": Redis with the
+    first stage in a Milvus server): starts the server on a fresh data dir (and a fresh Redis database), yields
+    it, cleans up."""
     env = {"COVERID_MODEL_PATH": str(model_path), "COVERID_DEVICE": "cpu",
            "COVERID_DATA_DIR": str(tmp_path / "data"), **env}
-    if request.param == "redis":
+    if request.param == "milvus":
+        env.update(milvus_env(request.getfixturevalue("milvus_server"), tmp_path))
+    if request.param in ("redis", "milvus"):
         server = request.getfixturevalue("redis_server")
         env["COVERID_REDIS_URL"] = server.url.replace("/0", f"/{1 + hash(tmp_path) % 14}")
     process = ServiceProcess(env, tmp_path / "service.log")
     process.start()
     yield process
     process.stop()
-    if request.param == "redis":
+    if request.param in ("redis", "milvus"):
         redis.Redis.from_url(env["COVERID_REDIS_URL"]).flushdb()
 
 

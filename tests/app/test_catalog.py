@@ -224,3 +224,34 @@ def test_a_named_pipe_at_the_snapshot_path_is_moved_aside_and_the_index_rebuilt(
     assert not os.path.lexists(snapshot)
     kept = list(tmp_path.glob("index.snapshot.damaged-*"))
     assert len(kept) == 1 and "cannot be loaded" in caplog.text and "not a regular file" in caplog.text
+
+
+def test_the_milvus_collection_is_brought_in_line_with_the_store_at_start(tmp_path, milvus_server):
+    from pymilvus import MilvusClient
+
+    settings = Settings(milvus_uri=milvus_server.uri, milvus_collection="in_line")
+    rng = np.random.default_rng(3)
+
+    def open_catalog() -> tuple[Catalog, str]:
+        return Catalog.open(SQLiteStore(tmp_path), MODEL, tmp_path / "index.snapshot", IndexSettings.of(settings, DIM),
+                            settings.retry_after_s)
+
+    catalog, how = open_catalog()
+    assert how == "engine"
+    catalog.ingest_many([record(f"t{i}", rng) for i in range(4)])
+    # a writer stopped between the store and the engine: one track reached only the store, one is gone from it
+    catalog._store.put(record("late", rng))
+    catalog._index.add("ghost", record("ghost", rng).vectors)
+    catalog.save_snapshot(tmp_path / "index.snapshot")  # the engine keeps its own data: no snapshot
+    assert not (tmp_path / "index.snapshot").exists()
+    catalog.close()
+
+    catalog, how = open_catalog()
+    assert sorted(catalog._index.track_ids()) == ["late", "t0", "t1", "t2", "t3"]
+    late = catalog._store.get("late", with_vectors=True).vectors
+    assert catalog.search(late[1:3], top_k=1)[0].track_id == "late"
+    assert catalog.delete("t2") and catalog.indexed_tracks() == 4
+    catalog.close()
+    engine = MilvusClient(uri=milvus_server.uri)  # what the engine itself holds: 4 tracks of 4 chunks
+    assert engine.query("in_line", filter="", output_fields=["count(*)"])[0]["count(*)"] == 16
+    engine.close()

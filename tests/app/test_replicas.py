@@ -1,4 +1,5 @@
-"""Two real server processes on one real redis-server converge on the same catalogue."""
+"""Two real server processes on one real redis-server converge on the same catalogue: each with its own in-process
+index, or both on one Milvus server holding the first stage."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from tests.app.conftest import ServiceProcess, started_redis
+from tests.app.conftest import ServiceProcess, milvus_env, started_redis
 from tests.conftest import tune_wav
 
 SYNC_S = 0.5
@@ -15,13 +16,14 @@ WITHIN_S = SYNC_S + 5  # the stated delay plus the time to fetch and index a tra
 
 
 
-@pytest.fixture
-def replicas(tmp_path, narrow_artifact):
+@pytest.fixture(params=["in-process", "milvus"])
+def replicas(request, tmp_path, narrow_artifact):
     server = started_redis(tmp_path / "redis")
+    engine = milvus_env(request.getfixturevalue("milvus_server"), tmp_path) if request.param == "milvus" else {}
     processes = []
     for name in ("a", "b"):
         env = {"COVERID_MODEL_PATH": str(narrow_artifact[0]), "COVERID_DEVICE": "cpu", "COVERID_REDIS_URL": server.url,
-               "COVERID_DATA_DIR": str(tmp_path / f"data-{name}"), "COVERID_SYNC_INTERVAL_S": str(SYNC_S)}
+               "COVERID_DATA_DIR": str(tmp_path / f"data-{name}"), "COVERID_SYNC_INTERVAL_S": str(SYNC_S), **engine}
         processes.append(ServiceProcess(env, tmp_path / f"service-{name}.log"))
         processes[-1].start()
     clients = [httpx.Client(base_url=p.url, timeout=60) for p in processes]
@@ -66,7 +68,9 @@ def test_ingest_and_delete_through_one_replica_are_seen_by_the_other(replicas):
 
 
 def test_a_restarted_replica_starts_from_its_snapshot_and_catches_up(replicas):
+    """In process: from the snapshot it wrote, then the store's log. On Milvus: from the shared collection."""
     processes, (a, b) = replicas
+    milvus = "COVERID_MILVUS_URI" in processes[1].env
     assert a.post("/catalog", files={"file": ("t.wav", tune_wav(40, 1))}, data={"track_id": "one"}).status_code == 201
     assert eventually(lambda: b.get("/readyz").json()["tracks"] == 1)
     processes[1].stop()  # a clean stop writes b's snapshot, at its generation
@@ -74,5 +78,5 @@ def test_a_restarted_replica_starts_from_its_snapshot_and_catches_up(replicas):
     assert a.post("/catalog", files={"file": ("t.wav", tune_wav(40, 2))}, data={"track_id": "two"}).status_code == 201
     processes[1].start()
     b.base_url = processes[1].url
-    assert "index snapshot" in processes[1].log_path.read_text()[logged:]
+    assert ("Milvus collection" if milvus else "index snapshot") in processes[1].log_path.read_text()[logged:]
     assert top(b, tune_wav(40, 2, start_s=10)) == "two"  # replayed from the log at start-up, not lost

@@ -32,7 +32,7 @@ def tracks() -> dict[str, bytes]:
     return {f"tune-{seed}": flac(tune(50.0, seed=seed)) for seed in range(3)}
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "milvus"])
 def service(request, tmp_path, narrow_artifact):
     env = {
         "COVERID_API_KEYS": json.dumps([KEY]),

@@ -1,0 +1,268 @@
+"""ByteCover3's first stage in Milvus, for catalogues past one node.
+
+The engine holds every local embedding as one row: the primary key "<track id>#<chunk>", the track id, the
+chunk's number and the unit vector, in an HNSW index on inner product (cosine). Milvus shards and replicates
+it. This process keeps nothing of the catalogue: stage 2 (MaxMean) and stage 3 read the candidates' vectors,
+chunk starts and pitch-class sequences from the catalogue store that every replica shares (`fetch`), so the
+service's replicas stay stateless over the engine and the store.
+
+The same client code speaks to a Milvus server or cluster (`http://host:19530`) and to milvus-lite, the
+engine in this process (a local path), which the tests run. The collection records the model it was filled
+for; one of another model or dimension is dropped and refilled from the store (`created`).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from index.defaults import EF_CONSTRUCTION, EF_SEARCH, HNSW_M, K_NEIGHBOURS
+from index.local_index import (DuplicateTrack, Match, UnknownTrack, check_positive, check_sequence, check_starts,
+                               ranked_matches, unit_rows)
+
+# the API's track ids (app/routes/catalog.py): nothing in them can break out of a quoted filter string
+TRACK_ID = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
+INSERT_ROWS = 5000  # rows per insert call: one gRPC message stays far below its size limit
+ID_BATCH = 1000  # track ids per filter expression
+MODEL_PROPERTY = "coverid.model_id"  # the collection property naming the model whose embeddings it holds
+
+
+@dataclass(frozen=True)
+class StoredTrack:
+    """What stage 2 and stage 3 need of one catalogue track, read from the store."""
+
+    vectors: np.ndarray  # (N, dim) float32
+    starts_s: Optional[np.ndarray]  # (N,) chunk starts in seconds
+    sequence: Optional[np.ndarray] = None  # (12, T) uint8 pitch classes
+
+
+Fetch = Callable[[list[str]], dict[str, StoredTrack]]  # track ids -> those the store holds
+
+
+class MilvusIndex:
+    """LocalIndex's interface over a Milvus collection; thread safe as the client is."""
+
+    snapshots = False  # the engine keeps its own data: nothing to write at shutdown
+
+    def __init__(self, uri: str, collection: str, dim: int, model_id: str, fetch: Fetch,
+                 k_neighbours: int = K_NEIGHBOURS, ef_search: int = EF_SEARCH, m: int = HNSW_M,
+                 ef_construction: int = EF_CONSTRUCTION, token: str = "", shards: int = 1, replicas: int = 1) -> None:
+        """`shards` splits the collection when it is created (Milvus cannot change it later); `replicas` is how many
+        in-memory copies the engine's query nodes serve, set at each load."""
+        from pymilvus import MilvusClient  # only a service configured for Milvus loads the client
+
+        check_positive(dim=dim, k_neighbours=k_neighbours, ef_search=ef_search, m=m, ef_construction=ef_construction,
+                       shards=shards, replicas=replicas)
+        self._client = MilvusClient(uri=uri, token=token)
+        self._collection = collection
+        self._dim = dim
+        self._model_id = model_id
+        self._fetch = fetch
+        self._k, self._ef_search = k_neighbours, ef_search
+        self._replicas = replicas
+        self.created = self._open_collection(m, ef_construction, shards)
+
+    def _open_collection(self, m: int, ef_construction: int, shards: int) -> bool:
+        """Load the collection if it was filled for this model and dimension, else (re)create it empty: True."""
+        from pymilvus import DataType, MilvusClient
+
+        name = self._collection
+        if self._client.has_collection(name):
+            info = self._client.describe_collection(name)
+            dims = [f["params"].get("dim") for f in info["fields"] if f["name"] == "vector"]
+            if (info.get("properties") or {}).get(MODEL_PROPERTY) == self._model_id and dims == [self._dim]:
+                self._client.load_collection(name, replica_number=self._replicas)
+                return False
+            self._client.drop_collection(name)
+        schema = MilvusClient.create_schema(auto_id=False)
+        schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=216)
+        schema.add_field("track_id", DataType.VARCHAR, max_length=200)
+        schema.add_field("chunk", DataType.INT32)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self._dim)
+        params = self._client.prepare_index_params()
+        params.add_index("vector", index_type="HNSW", metric_type="IP", params={"M": m, "efConstruction": ef_construction})
+        params.add_index("track_id", index_type="INVERTED")
+        self._client.create_collection(name, schema=schema, index_params=params, num_shards=shards,
+                                       properties={MODEL_PROPERTY: self._model_id})
+        self._client.load_collection(name, replica_number=self._replicas)
+        return True
+
+    # ---- sizes and membership
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def k_neighbours(self) -> int:
+        return self._k
+
+    @property
+    def ef(self) -> int:
+        return max(self._ef_search, self._k)
+
+    @property
+    def vector_count(self) -> int:
+        return self._count("")
+
+    def __len__(self) -> int:
+        return self._count("chunk == 0")
+
+    def _count(self, expression: str) -> int:
+        return int(self._client.query(self._collection, filter=expression, output_fields=["count(*)"])[0]["count(*)"])
+
+    def contains(self, track_id: str) -> bool:
+        return bool(self._client.get(self._collection, ids=[f"{track_id}#0"], output_fields=["chunk"]))
+
+    def track_ids(self) -> list[str]:
+        iterator = self._client.query_iterator(self._collection, batch_size=ID_BATCH, filter="chunk == 0",
+                                               output_fields=["track_id"])
+        ids: list[str] = []
+        while batch := iterator.next():
+            ids.extend(row["track_id"] for row in batch)
+        iterator.close()
+        return ids
+
+    def vectors(self, track_id: str) -> np.ndarray:
+        rows = self._client.query(self._collection, filter=f'track_id == "{_checked(track_id)}"',
+                                  output_fields=["chunk", "vector"])
+        if not rows:
+            raise UnknownTrack(f"track {track_id!r} is not indexed")
+        rows.sort(key=lambda row: row["chunk"])
+        return np.asarray([row["vector"] for row in rows], dtype=np.float32)
+
+    def sequence(self, track_id: str) -> Optional[np.ndarray]:
+        stored = self._fetch([track_id]).get(track_id)
+        if stored is None:
+            raise UnknownTrack(f"track {track_id!r} is not in the catalogue")
+        return stored.sequence
+
+    def set_search(self, k_neighbours: Optional[int] = None, ef_search: Optional[int] = None) -> None:
+        k = self._k if k_neighbours is None else k_neighbours
+        ef = self._ef_search if ef_search is None else ef_search
+        check_positive(k_neighbours=k, ef_search=ef)
+        self._k, self._ef_search = k, ef
+
+    # ---- changes
+
+    def add(self, track_id: str, vectors: np.ndarray, starts_s: Optional[np.ndarray] = None, replace: bool = False,
+            sequence: Optional[np.ndarray] = None) -> None:
+        self.add_many([(track_id, vectors, starts_s, sequence)], replace=replace)
+
+    def add_many(self, items: list, replace: bool = False) -> None:
+        """Insert tracks' rows; a track already held is refused (DuplicateTrack) unless `replace`. The starts and
+        the sequence are checked as LocalIndex checks them, but live in the store only."""
+        rows, ids = [], []
+        for track_id, vectors, starts_s, *sequence in items:
+            unit = unit_rows(vectors, self._dim, "vectors")
+            check_starts(starts_s, len(unit), "starts_s")
+            check_sequence(sequence[0] if sequence else None)
+            ids.append(_checked(track_id))
+            rows.extend({"pk": f"{track_id}#{i}", "track_id": track_id, "chunk": i, "vector": row}
+                        for i, row in enumerate(unit.tolist()))
+        if len(set(ids)) != len(ids):
+            raise DuplicateTrack(f"a track id appears twice in one add_many: {sorted(i for i in ids if ids.count(i) > 1)[0]!r}")
+        if not ids:
+            return
+        present = self._present(ids)
+        if present and not replace:
+            raise DuplicateTrack(f"track {present[0]!r} is already indexed; pass replace=True to overwrite it")
+        self._delete(present)  # a replaced track may have fewer chunks than before: its old rows go first
+        for first in range(0, len(rows), INSERT_ROWS):
+            self._client.insert(self._collection, rows[first : first + INSERT_ROWS])
+
+    def remove(self, track_id: str) -> None:
+        if not self.contains(track_id):
+            raise UnknownTrack(f"track {track_id!r} is not indexed")
+        self._delete([track_id])
+
+    def _present(self, track_ids: list[str]) -> list[str]:
+        present = []
+        for first in range(0, len(track_ids), ID_BATCH):
+            found = self._client.get(self._collection, ids=[f"{t}#0" for t in track_ids[first : first + ID_BATCH]],
+                                     output_fields=["track_id"])
+            present.extend(row["track_id"] for row in found)
+        return present
+
+    def _delete(self, track_ids: list[str]) -> None:
+        for first in range(0, len(track_ids), ID_BATCH):
+            quoted = ", ".join(f'"{_checked(t)}"' for t in track_ids[first : first + ID_BATCH])
+            self._client.delete(self._collection, filter=f"track_id in [{quoted}]")
+
+    # ---- search
+
+    def search(self, query: np.ndarray, top_k: int = 10, k_neighbours: Optional[int] = None,
+               query_starts_s: Optional[np.ndarray] = None, timings: Optional[dict] = None) -> list[Match]:
+        """Stage 1 in the engine, stage 2 (MaxMean) here on the candidates as the store holds them."""
+        rows = unit_rows(query, self._dim, "query")
+        starts = check_starts(query_starts_s, len(rows), "query_starts_s")
+        k = self._k if k_neighbours is None else k_neighbours
+        check_positive(top_k=top_k, k_neighbours=k)
+        started = time.perf_counter()
+        candidates = self._reached(rows, k)
+        searched = time.perf_counter()
+        best = self._best(rows, starts, candidates, top_k)
+        if timings is not None:
+            timings["search"] = searched - started
+            timings["rerank"] = time.perf_counter() - searched
+        return best
+
+    def chunk_scores(self, query: np.ndarray, k_neighbours: int) -> tuple[list[str], np.ndarray]:
+        """Each query chunk's best cosine with each track stage 1 reaches from it: (track ids, (M, C) float32)."""
+        rows = unit_rows(query, self._dim, "query")
+        check_positive(k_neighbours=k_neighbours)
+        stored = self._fetch(self._reached(rows, k_neighbours))
+        if not stored:
+            return [], np.zeros((len(rows), 0), dtype=np.float32)
+        vectors = [track.vectors for track in stored.values()]
+        offsets = np.concatenate([[0], np.cumsum([len(v) for v in vectors[:-1]])]).astype(np.int64)
+        return list(stored), np.maximum.reduceat(rows @ np.concatenate(vectors).T, offsets, axis=1)
+
+    def score(self, query: np.ndarray, track_ids: list[str], query_starts_s: Optional[np.ndarray] = None) -> list[Match]:
+        """Stage 2 alone: MaxMean of the query against these tracks (those the store holds), best first."""
+        rows = unit_rows(query, self._dim, "query")
+        starts = check_starts(query_starts_s, len(rows), "query_starts_s")
+        present = list(dict.fromkeys(track_ids))
+        return self._best(rows, starts, present, len(present))
+
+    def _reached(self, rows: np.ndarray, k_neighbours: int) -> list[str]:
+        """Stage 1: the tracks owning one of each row's k nearest rows in the engine, in order of first reach."""
+        hits = self._client.search(self._collection, data=rows.tolist(), limit=k_neighbours, anns_field="vector",
+                                   search_params={"metric_type": "IP", "params": {"ef": max(self._ef_search, k_neighbours)}},
+                                   output_fields=["track_id"])
+        return list(dict.fromkeys(hit["entity"]["track_id"] for per_row in hits for hit in per_row))
+
+    def _best(self, rows: np.ndarray, query_starts: Optional[np.ndarray], track_ids: list[str], top_k: int) -> list[Match]:
+        stored = self._fetch(track_ids)  # a track deleted since stage 1 is no longer in the store
+        present = [t for t in track_ids if t in stored]
+        if not present:
+            return []
+        vectors = [unit_rows(stored[t].vectors, self._dim, "stored vectors") for t in present]
+        lengths = np.asarray([len(v) for v in vectors])
+        mask = np.arange(lengths.max())[None, :] < lengths[:, None]
+        padded = np.zeros((*mask.shape, self._dim), dtype=np.float32)
+        padded[mask] = np.concatenate(vectors)
+        return ranked_matches(rows, query_starts, present, torch.from_numpy(padded), torch.from_numpy(mask),
+                              [stored[t].starts_s for t in present], top_k)
+
+    def flush(self) -> None:
+        """Seal what was inserted so the engine indexes it (growing segments are searched by brute force): after a
+        bulk load, not per write."""
+        self._client.flush(self._collection)
+
+    def save(self, *args, **kwargs) -> None:
+        """Nothing to write: the engine persists every change as it is made."""
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _checked(track_id: str) -> str:
+    if not isinstance(track_id, str) or not TRACK_ID.match(track_id):
+        raise ValueError(f"track id {track_id!r} cannot be held in Milvus: use 1 to 200 of A-Z a-z 0-9 . _ : -")
+    return track_id

@@ -330,12 +330,8 @@ def _engine_in_line(store: CatalogStore, settings: IndexSettings, model_id: str)
 
 def _stored_tracks(store: CatalogStore, model_id: str, track_ids: list[str]) -> dict[str, StoredTrack]:
     """What stage 2 and 3 read of the engine's candidates: the store's vectors, chunk starts and sequences."""
-    found = {}
-    for track_id in track_ids:
-        record = store.get(track_id, with_vectors=True)
-        if record is not None and record.model_id == model_id:
-            found[track_id] = StoredTrack(record.vectors, record.starts_s, record.sequence)
-    return found
+    return {record.track_id: StoredTrack(record.vectors, record.starts_s, record.sequence)
+            for record in store.get_many(track_ids, with_vectors=True) if record.model_id == model_id}
 
 
 def _load_snapshot(path: Path, store: CatalogStore, model_id: str, settings: IndexSettings

@@ -312,6 +312,12 @@ class CatalogStore(abc.ABC):
         """The track, or None (also for one that cannot be read, see `readable_record`). Without vectors,
         `vectors` and `sequence` are None (starts_s is still read: it is small)."""
 
+    def get_many(self, track_ids: list[str], with_vectors: bool = False) -> list[TrackRecord]:
+        """The tracks of these ids that are stored (and readable), in the order asked; a backend may read them in one
+        round trip (both do: the Milvus backend reads a query's candidates this way)."""
+        records = (self.get(track_id, with_vectors) for track_id in track_ids)
+        return [record for record in records if record is not None]
+
     @abc.abstractmethod
     def delete(self, track_id: str) -> bool:
         """True when the track was there and is now gone."""

@@ -222,6 +222,10 @@ class RedisStore(CatalogStore):
             values = self._client.hmget(self._track_key(track_id), fields)
         return _from_fields(track_id, values)
 
+    def get_many(self, track_ids: list[str], with_vectors: bool = False) -> list[TrackRecord]:
+        with self._translate():
+            return self._fetch(track_ids, with_vectors)
+
     def list(self, offset: int, limit: int) -> list[TrackRecord]:
         check_page(offset, limit)
         if limit == 0:

@@ -48,6 +48,7 @@ from app.store.base import (
 FILENAME = "catalog.sqlite3"
 SCHEMA_VERSION = 3  # 2: the change log; 3: stage 3's pitch-class sequence
 BUSY_TIMEOUT_S = 30.0  # default wait for another writer's lock
+IDS_PER_QUERY = 500  # track ids per IN (...) read: far below SQLite's limit of bound parameters
 
 SCHEMA = """
 CREATE TABLE tracks (
@@ -260,6 +261,17 @@ class SQLiteStore(CatalogStore):
         with self._translate():
             row = self._conn().execute(f"SELECT {columns} FROM tracks WHERE track_id = ?", (track_id,)).fetchone()
         return None if row is None else _from_row(row)
+
+    def get_many(self, track_ids: list[str], with_vectors: bool = False) -> list[TrackRecord]:
+        columns = f"{META_COLUMNS}, {BLOB_COLUMNS}" if with_vectors else META_COLUMNS
+        found: dict[str, TrackRecord] = {}
+        with self._translate():
+            for first in range(0, len(track_ids), IDS_PER_QUERY):
+                ids = track_ids[first : first + IDS_PER_QUERY]
+                rows = self._conn().execute(f"SELECT {columns} FROM tracks WHERE track_id IN ({', '.join('?' * len(ids))})",
+                                            ids).fetchall()
+                found.update((record.track_id, record) for record in map(_from_row, rows) if record is not None)
+        return [found[track_id] for track_id in track_ids if track_id in found]
 
     def list(self, offset: int, limit: int) -> list[TrackRecord]:
         check_page(offset, limit)

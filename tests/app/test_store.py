@@ -122,6 +122,21 @@ def test_get_without_vectors_and_missing_track(store):
     assert store.get("absent") is None and store.get("absent", with_vectors=True) is None
 
 
+def test_get_many_reads_the_stored_ones_in_the_order_asked(store, monkeypatch):
+    import app.store.sqlite
+
+    monkeypatch.setattr(app.store.sqlite, "IDS_PER_QUERY", 2)  # several IN (...) reads
+    records = [make_record(f"t{i}", n=2 + i % 3, seed=i, sequence=make_sequence(9, seed=i)) for i in range(5)]
+    store.put_many(records)
+    got = store.get_many(["t3", "absent", "t0", "t4", "t1", "t2"], with_vectors=True)
+    assert [r.track_id for r in got] == ["t3", "t0", "t4", "t1", "t2"]
+    for record in got:
+        want = records[int(record.track_id[1:])]
+        assert_same(record, want)
+        assert np.array_equal(record.sequence, want.sequence)
+    assert [r.vectors for r in store.get_many(["t1"])] == [None] and store.get_many([]) == []
+
+
 def test_sequence_round_trips_through_put_put_many_get_and_iter_records(store):
     with_one = make_record("seq", sequence=make_sequence(37, seed=1))
     # a Fortran-order array: stored as the (12, T) array it is, not in its memory order

@@ -31,7 +31,7 @@ import numpy as np
 from app.store import CatalogStore, StoreError, StoreUnavailable, TrackRecord
 from index.defaults import EF_CONSTRUCTION
 from index.local_index import LocalIndex, Match, UnknownTrack, read_header
-from index.milvus_index import MilvusIndex, StoredTrack
+from index.milvus_index import EngineUnavailable, MilvusIndex, StoredTrack
 
 SearchIndex = Union[LocalIndex, MilvusIndex]  # the search-backend seam: one interface, two implementations
 
@@ -65,13 +65,14 @@ class IndexSettings:
     engine_token: str = field(default="", repr=False)
     engine_shards: int = 1
     engine_replicas: int = 1
+    engine_timeout_s: float = 10.0
 
     @classmethod
     def of(cls, settings: "Settings", dim: int) -> "IndexSettings":
         token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
         return cls(dim, settings.k_neighbours, settings.ef_search, settings.hnsw_m, settings.hnsw_ef_construction,
                    settings.milvus_location, settings.milvus_collection, token, settings.milvus_shards,
-                   settings.milvus_replicas)
+                   settings.milvus_replicas, settings.store_timeout_s)
 
 
 class Catalog:
@@ -171,7 +172,7 @@ class Catalog:
                 index, generation = _rebuild(self._store, self.settings, self.model_id)
                 with self._writes:
                     self._index, self.generation = index, generation
-            except StoreError as err:
+            except (StoreError, EngineUnavailable) as err:
                 log.debug("catalogue sync skipped: %s", err)
 
     def ingest(self, record: TrackRecord, replace: bool = False) -> None:
@@ -180,7 +181,11 @@ class Catalog:
             raise CatalogMismatch(f"embeddings of model {record.model_id!r} offered to a {self.model_id!r} catalogue")
         with self._writes:
             self._store.put(record, replace=replace)
-            self._index.add(record.track_id, record.vectors, record.starts_s, replace=replace, sequence=record.sequence)
+            try:
+                self._index.add(record.track_id, record.vectors, record.starts_s, replace=replace, sequence=record.sequence)
+            except EngineUnavailable:
+                self._undo_new([record], replace)
+                raise
 
     def ingest_many(self, records: list[TrackRecord]) -> None:
         """Store then index new tracks as one batch (one store write where the backend allows it)."""
@@ -189,7 +194,20 @@ class Catalog:
             raise CatalogMismatch(f"embeddings of model(s) {sorted(foreign)} offered to a {self.model_id!r} catalogue")
         with self._writes:
             self._store.put_many(records)
-            self._index.add_many([(r.track_id, r.vectors, r.starts_s, r.sequence) for r in records])
+            try:
+                self._index.add_many([(r.track_id, r.vectors, r.starts_s, r.sequence) for r in records])
+            except EngineUnavailable:
+                self._undo_new(records, replace=False)
+                raise
+
+    def _undo_new(self, records: list[TrackRecord], replace: bool) -> None:
+        """The engine refused new tracks the store took: take them out of the store again, so that the client's
+        retry is a plain ingest. A replace stays stored (the store is the truth): a sync puts it in the engine."""
+        if replace:
+            return
+        with suppress(StoreError):
+            for record in records:
+                self._store.delete(record.track_id)
 
     def delete(self, track_id: str) -> bool:
         with self._writes:
@@ -231,6 +249,10 @@ class Catalog:
 
     def store_reachable(self) -> bool:
         return self._store.ping()
+
+    def engine_reachable(self) -> bool:
+        """Whether the first stage answers: always in process; Milvus when it answers a call."""
+        return not isinstance(self._index, MilvusIndex) or self._index.reachable()
 
     @property
     def store_location(self) -> str:
@@ -304,7 +326,8 @@ def _engine_in_line(store: CatalogStore, settings: IndexSettings, model_id: str)
     index = MilvusIndex(settings.engine_uri, settings.engine_collection, settings.dim, model_id,
                         partial(_stored_tracks, store, model_id), k_neighbours=settings.k_neighbours,
                         ef_search=settings.ef_search, m=settings.m, ef_construction=settings.ef_construction,
-                        token=settings.engine_token, shards=settings.engine_shards, replicas=settings.engine_replicas)
+                        token=settings.engine_token, shards=settings.engine_shards, replicas=settings.engine_replicas,
+                        timeout_s=settings.engine_timeout_s)
     held = set() if index.created else set(index.track_ids())
     stored: set[str] = set()
     batch: list = []

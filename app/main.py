@@ -31,6 +31,7 @@ from app.routes import page as page_routes
 from app.routes.common import audio_status, retry_later, update_gauges
 from app.settings import Settings, get_settings
 from app.store import StoreError, StoreFull, StoreUnavailable, open_store
+from index.milvus_index import EngineUnavailable
 from models.audio import AudioError, DecodeCancelled
 from models.extractor import load_extractor
 
@@ -90,6 +91,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.add_exception_handler(AudioError, _audio_error)
     app.add_exception_handler(DecodeCancelled, _client_gone)
     app.add_exception_handler(StoreUnavailable, _store_unavailable)
+    app.add_exception_handler(EngineUnavailable, _engine_unavailable)
     app.add_exception_handler(Overloaded, _overloaded)
     app.add_exception_handler(StarletteHTTPException, partial(_http_error, routes=routes))
     return app
@@ -119,6 +121,12 @@ async def _store_unavailable(request: Request, err: StoreError) -> JSONResponse:
     detail = ("the catalogue's disk is full: nothing was changed; an operator must free space" if isinstance(err, StoreFull)
               else "the catalogue store is unavailable")
     return retry_later(request, {"detail": f"{detail}; retry in {retry_after} s"})
+
+
+async def _engine_unavailable(request: Request, err: EngineUnavailable) -> JSONResponse:
+    log.error("search engine unavailable: %s", err)
+    retry_after = request.app.state.settings.retry_after_s
+    return retry_later(request, {"detail": f"the search engine (Milvus) is unavailable; retry in {retry_after} s"})
 
 
 async def _http_error(request: Request, err: StarletteHTTPException, routes: list) -> Response:

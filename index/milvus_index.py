@@ -29,7 +29,12 @@ from index.local_index import (DuplicateTrack, Match, UnknownTrack, check_positi
 TRACK_ID = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
 INSERT_ROWS = 5000  # rows per insert call: one gRPC message stays far below its size limit
 ID_BATCH = 1000  # track ids per filter expression
+COLLECTION_NOT_LOADED = 101  # Milvus's error code for a search of a released collection
 MODEL_PROPERTY = "coverid.model_id"  # the collection property naming the model whose embeddings it holds
+
+
+class EngineUnavailable(RuntimeError):
+    """Milvus did not answer, or answered with an error: the service answers 503 and retries later."""
 
 
 @dataclass(frozen=True)
@@ -51,14 +56,17 @@ class MilvusIndex:
 
     def __init__(self, uri: str, collection: str, dim: int, model_id: str, fetch: Fetch,
                  k_neighbours: int = K_NEIGHBOURS, ef_search: int = EF_SEARCH, m: int = HNSW_M,
-                 ef_construction: int = EF_CONSTRUCTION, token: str = "", shards: int = 1, replicas: int = 1) -> None:
+                 ef_construction: int = EF_CONSTRUCTION, token: str = "", shards: int = 1, replicas: int = 1,
+                 timeout_s: float = 10.0) -> None:
         """`shards` splits the collection when it is created (Milvus cannot change it later); `replicas` is how many
-        in-memory copies the engine's query nodes serve, set at each load."""
+        in-memory copies the engine's query nodes serve, set at each load. A call the engine does not answer within
+        `timeout_s`, or answers with an error, raises EngineUnavailable."""
         from pymilvus import MilvusClient  # only a service configured for Milvus loads the client
 
         check_positive(dim=dim, k_neighbours=k_neighbours, ef_search=ef_search, m=m, ef_construction=ef_construction,
                        shards=shards, replicas=replicas)
-        self._client = MilvusClient(uri=uri, token=token)
+        self._uri = uri
+        self._client = MilvusClient(uri=uri, token=token, timeout=timeout_s)
         self._collection = collection
         self._dim = dim
         self._model_id = model_id
@@ -72,13 +80,13 @@ class MilvusIndex:
         from pymilvus import DataType, MilvusClient
 
         name = self._collection
-        if self._client.has_collection(name):
-            info = self._client.describe_collection(name)
+        if self._call("has_collection", name):
+            info = self._call("describe_collection", name)
             dims = [f["params"].get("dim") for f in info["fields"] if f["name"] == "vector"]
             if (info.get("properties") or {}).get(MODEL_PROPERTY) == self._model_id and dims == [self._dim]:
-                self._client.load_collection(name, replica_number=self._replicas)
+                self._call("load_collection", name, replica_number=self._replicas)
                 return False
-            self._client.drop_collection(name)
+            self._call("drop_collection", name)
         schema = MilvusClient.create_schema(auto_id=False)
         schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=216)
         schema.add_field("track_id", DataType.VARCHAR, max_length=200)
@@ -87,10 +95,35 @@ class MilvusIndex:
         params = self._client.prepare_index_params()
         params.add_index("vector", index_type="HNSW", metric_type="IP", params={"M": m, "efConstruction": ef_construction})
         params.add_index("track_id", index_type="INVERTED")
-        self._client.create_collection(name, schema=schema, index_params=params, num_shards=shards,
+        self._call("create_collection", name, schema=schema, index_params=params, num_shards=shards,
                                        properties={MODEL_PROPERTY: self._model_id})
-        self._client.load_collection(name, replica_number=self._replicas)
+        self._call("load_collection", name, replica_number=self._replicas)
         return True
+
+    def _call(self, method: str, *args, **kwargs):
+        """One client call; the engine's failures (gRPC errors, Milvus errors, timeouts) as EngineUnavailable."""
+        import grpc
+        from pymilvus.exceptions import MilvusException
+
+        try:
+            try:
+                return getattr(self._client, method)(*args, **kwargs)
+            except MilvusException as err:
+                if err.code != COLLECTION_NOT_LOADED:
+                    raise
+                # a restarted engine may come back with the collection released: load it again, once
+                self._client.load_collection(self._collection, replica_number=self._replicas)
+                return getattr(self._client, method)(*args, **kwargs)
+        except (MilvusException, grpc.RpcError) as err:
+            raise EngineUnavailable(f"Milvus at {self._uri} failed {method}: {err}") from err
+
+    def reachable(self) -> bool:
+        """Whether the engine answers a search of the collection (which loads it again after an engine restart)."""
+        try:
+            self._reached(np.zeros((1, self._dim), dtype=np.float32), 1)
+            return True
+        except EngineUnavailable:
+            return False
 
     # ---- sizes and membership
 
@@ -114,14 +147,14 @@ class MilvusIndex:
         return self._count("chunk == 0")
 
     def _count(self, expression: str) -> int:
-        return int(self._client.query(self._collection, filter=expression, output_fields=["count(*)"])[0]["count(*)"])
+        return int(self._call("query", self._collection, filter=expression, output_fields=["count(*)"])[0]["count(*)"])
 
     def contains(self, track_id: str) -> bool:
-        return bool(self._client.get(self._collection, ids=[f"{track_id}#0"], output_fields=["chunk"]))
+        return bool(self._call("get", self._collection, ids=[f"{track_id}#0"], output_fields=["chunk"]))
 
     def track_ids(self) -> list[str]:
-        iterator = self._client.query_iterator(self._collection, batch_size=ID_BATCH, filter="chunk == 0",
-                                               output_fields=["track_id"])
+        iterator = self._call("query_iterator", self._collection, batch_size=ID_BATCH, filter="chunk == 0",
+                              output_fields=["track_id"])
         ids: list[str] = []
         while batch := iterator.next():
             ids.extend(row["track_id"] for row in batch)
@@ -129,7 +162,7 @@ class MilvusIndex:
         return ids
 
     def vectors(self, track_id: str) -> np.ndarray:
-        rows = self._client.query(self._collection, filter=f'track_id == "{_checked(track_id)}"',
+        rows = self._call("query", self._collection, filter=f'track_id == "{_checked(track_id)}"',
                                   output_fields=["chunk", "vector"])
         if not rows:
             raise UnknownTrack(f"track {track_id!r} is not indexed")
@@ -174,7 +207,7 @@ class MilvusIndex:
             raise DuplicateTrack(f"track {present[0]!r} is already indexed; pass replace=True to overwrite it")
         self._delete(present)  # a replaced track may have fewer chunks than before: its old rows go first
         for first in range(0, len(rows), INSERT_ROWS):
-            self._client.insert(self._collection, rows[first : first + INSERT_ROWS])
+            self._call("insert", self._collection, rows[first : first + INSERT_ROWS])
 
     def remove(self, track_id: str) -> None:
         if not self.contains(track_id):
@@ -184,7 +217,7 @@ class MilvusIndex:
     def _present(self, track_ids: list[str]) -> list[str]:
         present = []
         for first in range(0, len(track_ids), ID_BATCH):
-            found = self._client.get(self._collection, ids=[f"{t}#0" for t in track_ids[first : first + ID_BATCH]],
+            found = self._call("get", self._collection, ids=[f"{t}#0" for t in track_ids[first : first + ID_BATCH]],
                                      output_fields=["track_id"])
             present.extend(row["track_id"] for row in found)
         return present
@@ -192,7 +225,7 @@ class MilvusIndex:
     def _delete(self, track_ids: list[str]) -> None:
         for first in range(0, len(track_ids), ID_BATCH):
             quoted = ", ".join(f'"{_checked(t)}"' for t in track_ids[first : first + ID_BATCH])
-            self._client.delete(self._collection, filter=f"track_id in [{quoted}]")
+            self._call("delete", self._collection, filter=f"track_id in [{quoted}]")
 
     # ---- search
 
@@ -232,7 +265,7 @@ class MilvusIndex:
 
     def _reached(self, rows: np.ndarray, k_neighbours: int) -> list[str]:
         """Stage 1: the tracks owning one of each row's k nearest rows in the engine, in order of first reach."""
-        hits = self._client.search(self._collection, data=rows.tolist(), limit=k_neighbours, anns_field="vector",
+        hits = self._call("search", self._collection, data=rows.tolist(), limit=k_neighbours, anns_field="vector",
                                    search_params={"metric_type": "IP", "params": {"ef": max(self._ef_search, k_neighbours)}},
                                    output_fields=["track_id"])
         return list(dict.fromkeys(hit["entity"]["track_id"] for per_row in hits for hit in per_row))
@@ -253,7 +286,7 @@ class MilvusIndex:
     def flush(self) -> None:
         """Seal what was inserted so the engine indexes it (growing segments are searched by brute force): after a
         bulk load, not per write."""
-        self._client.flush(self._collection)
+        self._call("flush", self._collection)
 
     def save(self, *args, **kwargs) -> None:
         """Nothing to write: the engine persists every change as it is made."""

@@ -34,6 +34,9 @@ def readyz(request: Request) -> JSONResponse:
         return retry_later(request, {"status": "unavailable", "detail": f"the catalogue store "
                             f"({catalog.store_location}) does not answer; /identify still answers from memory, "
                             "without titles"})
+    if not catalog.engine_reachable():
+        return retry_later(request, {"status": "unavailable", "detail": "the search engine (Milvus) does not answer; "
+                                     "/identify and /catalog answer 503 until it does"})
     body = schemas.Health(status="ready", model_id=catalog.model_id, tracks=catalog.stored_tracks(),
                           vectors=catalog.indexed_vectors())
     return JSONResponse(body.model_dump())
@@ -50,7 +53,7 @@ def refresh_health_gauges(app: FastAPI) -> None:
     catalog: Optional[Catalog] = getattr(app.state, "catalog", None)
     store_up = catalog is not None and catalog.store_reachable()
     STORE_UP.set(int(store_up))
-    READY.set(int(store_up))
+    READY.set(int(store_up and catalog.engine_reachable()))
     embedder: Optional[Embedder] = getattr(app.state, "embedder", None)
     if embedder is not None:
         device = embedder.device

@@ -80,3 +80,40 @@ def test_a_stopped_redis_still_lets_identify_answer(service_on_redis):
     assert answer.json()["matches"][0]["track_id"] == "song-1"
     ingest = client.post("/catalog", files={"file": ("t.wav", tune_wav(30, 5))})
     assert ingest.status_code == 503 and ingest.headers["Retry-After"] == str(RETRY_AFTER_S)
+
+
+def test_a_stopped_milvus_gets_503_with_retry_after_and_nothing_stored_is_lost(tmp_path, narrow_artifact):
+    from tests.app.conftest import MilvusServer
+
+    (tmp_path / "milvus").mkdir()
+    engine = MilvusServer(tmp_path / "milvus")
+    engine.start()
+    service = ServiceProcess({"COVERID_MODEL_PATH": str(narrow_artifact[0]), "COVERID_DEVICE": "cpu",
+                              "COVERID_DATA_DIR": str(tmp_path / "data"), "COVERID_MILVUS_URI": engine.uri,
+                              "COVERID_STORE_TIMEOUT_S": str(TIMEOUT_S), "COVERID_RETRY_AFTER_S": str(RETRY_AFTER_S),
+                              "COVERID_SYNC_INTERVAL_S": "0.5"}, tmp_path / "service.log")
+    service.start()
+    try:
+        with httpx.Client(base_url=service.url, timeout=60) as client:
+            for seed in range(2):
+                added = client.post("/catalog", files={"file": ("t.wav", tune_wav(30, seed))}, data={"track_id": f"song-{seed}"})
+                assert added.status_code == 201, added.text
+            engine.stop()
+            for call in (lambda: identify(client), lambda: client.get("/readyz"),
+                         lambda: client.post("/catalog", files={"file": ("t.wav", tune_wav(30, 5))}, data={"track_id": "new"})):
+                answer, seconds = timed(call)
+                assert answer.status_code == 503 and seconds < 2 * TIMEOUT_S + 5, (answer.text, seconds)
+                assert answer.headers["Retry-After"] == str(RETRY_AFTER_S) and "Milvus" in answer.json()["detail"]
+            assert client.get("/catalog/song-0").status_code == 200  # the store still answers
+            assert client.get("/catalog/new").status_code == 404  # the refused ingest left nothing half-stored
+
+            engine.start()  # same data directory: the engine comes back with what it held
+            deadline = time.monotonic() + 30
+            while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert identify(client).json()["matches"][0]["track_id"] == "song-1"
+            retried = client.post("/catalog", files={"file": ("t.wav", tune_wav(30, 5))}, data={"track_id": "new"})
+            assert retried.status_code == 201, retried.text
+    finally:
+        service.stop()
+        engine.stop()

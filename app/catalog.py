@@ -318,36 +318,30 @@ def _rebuild(store: CatalogStore, settings: IndexSettings, model_id: str) -> tup
 
 
 def _engine_in_line(store: CatalogStore, settings: IndexSettings, model_id: str) -> MilvusIndex:
-    """The engine's collection, holding exactly the store's tracks of this model.
+    """The engine's collection, holding every track of this model the store holds.
 
     A collection made now (new, or filled for another model) is filled from the store; an existing one gets what it
-    misses (a writer that stopped between the store and the engine) and loses what the store no longer has.
+    misses (a writer that stopped between the store and the engine), found by primary-key lookups a page of the store
+    at a time. Rows of tracks the store no longer has (a delete whose engine step failed) are not searched for here:
+    stage 2 reads every candidate from the store, so they are never answered, and the sync that replays the delete
+    removes them.
     """
     index = MilvusIndex(settings.engine_uri, settings.engine_collection, settings.dim, model_id,
                         partial(_stored_tracks, store, model_id), k_neighbours=settings.k_neighbours,
                         ef_search=settings.ef_search, m=settings.m, ef_construction=settings.ef_construction,
                         token=settings.engine_token, shards=settings.engine_shards, replicas=settings.engine_replicas,
                         timeout_s=settings.engine_timeout_s)
-    held = set() if index.created else set(index.track_ids())
-    stored: set[str] = set()
-    batch: list = []
-    for record in store.iter_records(batch_size=REBUILD_BATCH):
-        if record.model_id != model_id:
-            continue
-        stored.add(record.track_id)
-        if record.track_id not in held:
-            batch.append((record.track_id, record.vectors, record.starts_s, record.sequence))
-        if len(batch) == REBUILD_BATCH:
-            index.add_many(batch, replace=True)
-            batch = []
-    index.add_many(batch, replace=True)
-    if stored - held:
+    added = offset = 0
+    while page := store.list(offset, REBUILD_BATCH):
+        offset += len(page)
+        ids = [record.track_id for record in page if record.model_id == model_id]
+        held = set(index.present(ids))
+        missing = store.get_many([t for t in ids if t not in held], with_vectors=True)
+        index.add_many([(r.track_id, r.vectors, r.starts_s, r.sequence) for r in missing], replace=True)
+        added += len(missing)
+    if added:
         index.flush()
-    for track_id in held - stored:
-        with suppress(UnknownTrack):  # another replica removed it meanwhile
-            index.remove(track_id)
-    log.info("Milvus collection %s: %d tracks added from the store, %d removed", settings.engine_collection,
-             len(stored - held), len(held - stored))
+    log.info("Milvus collection %s: %d tracks added from the store", settings.engine_collection, added)
     return index
 
 

@@ -202,7 +202,7 @@ class MilvusIndex:
             raise DuplicateTrack(f"a track id appears twice in one add_many: {sorted(i for i in ids if ids.count(i) > 1)[0]!r}")
         if not ids:
             return
-        present = self._present(ids)
+        present = self.present(ids)
         if present and not replace:
             raise DuplicateTrack(f"track {present[0]!r} is already indexed; pass replace=True to overwrite it")
         self._delete(present)  # a replaced track may have fewer chunks than before: its old rows go first
@@ -214,7 +214,8 @@ class MilvusIndex:
             raise UnknownTrack(f"track {track_id!r} is not indexed")
         self._delete([track_id])
 
-    def _present(self, track_ids: list[str]) -> list[str]:
+    def present(self, track_ids: list[str]) -> list[str]:
+        """Which of these tracks the engine holds (primary-key lookups of their first chunk)."""
         present = []
         for first in range(0, len(track_ids), ID_BATCH):
             found = self._call("get", self._collection, ids=[f"{t}#0" for t in track_ids[first : first + ID_BATCH]],

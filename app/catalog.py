@@ -278,6 +278,8 @@ class Catalog:
 
     def sequences(self, track_ids: list[str]) -> list[Optional[np.ndarray]]:
         """The indexed pitch-class sequences of these tracks (None for one without, or no longer indexed)."""
+        if isinstance(self._index, MilvusIndex):  # one read of the store for all of them
+            return self._index.sequences(track_ids)
         out = []
         for track_id in track_ids:
             try:

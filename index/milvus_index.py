@@ -29,6 +29,7 @@ from index.local_index import (DuplicateTrack, Match, UnknownTrack, check_positi
 TRACK_ID = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
 INSERT_ROWS = 5000  # rows per insert call: one gRPC message stays far below its size limit
 ID_BATCH = 1000  # track ids per filter expression
+COUNT_TTL_S = 2.0  # how stale a track or vector count may be (gauges, /readyz, the match decision)
 COLLECTION_NOT_LOADED = 101  # Milvus's error code for a search of a released collection
 MODEL_PROPERTY = "coverid.model_id"  # the collection property naming the model whose embeddings it holds
 
@@ -73,6 +74,7 @@ class MilvusIndex:
         self._fetch = fetch
         self._k, self._ef_search = k_neighbours, ef_search
         self._replicas = replicas
+        self._counts: dict[str, tuple[float, int]] = {}  # expression -> (when, count)
         self.created = self._open_collection(m, ef_construction, shards)
 
     def _open_collection(self, m: int, ef_construction: int, shards: int) -> bool:
@@ -147,7 +149,14 @@ class MilvusIndex:
         return self._count("chunk == 0")
 
     def _count(self, expression: str) -> int:
-        return int(self._call("query", self._collection, filter=expression, output_fields=["count(*)"])[0]["count(*)"])
+        """A count(*) of the engine, at most COUNT_TTL_S old: every identify reads the catalogue's size (the match
+        decision), and a count is a scan for the engine."""
+        now = time.monotonic()
+        cached = self._counts.get(expression)
+        if cached is None or now - cached[0] > COUNT_TTL_S:
+            rows = self._call("query", self._collection, filter=expression, output_fields=["count(*)"])
+            cached = self._counts[expression] = (now, int(rows[0]["count(*)"]))
+        return cached[1]
 
     def contains(self, track_id: str) -> bool:
         return bool(self._call("get", self._collection, ids=[f"{track_id}#0"], output_fields=["chunk"]))
@@ -174,6 +183,11 @@ class MilvusIndex:
         if stored is None:
             raise UnknownTrack(f"track {track_id!r} is not in the catalogue")
         return stored.sequence
+
+    def sequences(self, track_ids: list[str]) -> list[Optional[np.ndarray]]:
+        """Each track's pitch-class sequence (None for one without, or gone), in one read of the store."""
+        stored = self._fetch(track_ids)
+        return [stored[t].sequence if t in stored else None for t in track_ids]
 
     def set_search(self, k_neighbours: Optional[int] = None, ef_search: Optional[int] = None) -> None:
         k = self._k if k_neighbours is None else k_neighbours
@@ -208,6 +222,7 @@ class MilvusIndex:
         self._delete(present)  # a replaced track may have fewer chunks than before: its old rows go first
         for first in range(0, len(rows), INSERT_ROWS):
             self._call("insert", self._collection, rows[first : first + INSERT_ROWS])
+        self._counts.clear()  # this process reads its own writes; other processes' within COUNT_TTL_S
 
     def remove(self, track_id: str) -> None:
         if not self.contains(track_id):
@@ -224,6 +239,7 @@ class MilvusIndex:
         return present
 
     def _delete(self, track_ids: list[str]) -> None:
+        self._counts.clear()
         for first in range(0, len(track_ids), ID_BATCH):
             quoted = ", ".join(f'"{_checked(t)}"' for t in track_ids[first : first + ID_BATCH])
             self._call("delete", self._collection, filter=f"track_id in [{quoted}]")

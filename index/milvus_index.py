@@ -14,6 +14,7 @@ for; one of another model or dimension is dropped and refilled from the store (`
 from __future__ import annotations
 
 import re
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -75,6 +76,9 @@ class MilvusIndex:
         self._k, self._ef_search = k_neighbours, ef_search
         self._replicas = replicas
         self._counts: dict[str, tuple[float, int]] = {}  # expression -> (when, count)
+        self._writes_seen = 0  # this process's writes, so that a count begun before one is not kept
+        self._refreshing: set[str] = set()
+        self._refresh_lock = threading.Lock()
         self.created = self._open_collection(m, ef_construction, shards)
 
     def _open_collection(self, m: int, ef_construction: int, shards: int) -> bool:
@@ -149,14 +153,44 @@ class MilvusIndex:
         return self._count("chunk == 0")
 
     def _count(self, expression: str) -> int:
-        """A count(*) of the engine, at most COUNT_TTL_S old: every identify reads the catalogue's size (the match
-        decision), and a count is a scan for the engine."""
-        now = time.monotonic()
+        """A count(*) of the engine, about COUNT_TTL_S old at most: every identify reads the catalogue's size (the
+        match decision), and a count is a scan for the engine, so a stale one is refreshed in the background while
+        the caller gets the last. After a write of this process the next caller counts again."""
         cached = self._counts.get(expression)
-        if cached is None or now - cached[0] > COUNT_TTL_S:
-            rows = self._call("query", self._collection, filter=expression, output_fields=["count(*)"])
-            cached = self._counts[expression] = (now, int(rows[0]["count(*)"]))
+        if cached is None:
+            return self._count_now(expression)
+        if time.monotonic() - cached[0] > COUNT_TTL_S:
+            self._refresh_in_background(expression)
         return cached[1]
+
+    def _count_now(self, expression: str) -> int:
+        writes = self._writes_seen
+        rows = self._call("query", self._collection, filter=expression, output_fields=["count(*)"])
+        count = int(rows[0]["count(*)"])
+        if writes == self._writes_seen:  # a write of this process during the count makes it stale already
+            self._counts[expression] = (time.monotonic(), count)
+        return count
+
+    def _refresh_in_background(self, expression: str) -> None:
+        with self._refresh_lock:
+            if expression in self._refreshing:
+                return
+            self._refreshing.add(expression)
+
+        def refresh() -> None:
+            try:
+                self._count_now(expression)
+            except EngineUnavailable:
+                pass  # the last count stands; /readyz reports the engine
+            finally:
+                with self._refresh_lock:
+                    self._refreshing.discard(expression)
+
+        threading.Thread(target=refresh, name="milvus-count", daemon=True).start()
+
+    def _forget_counts(self) -> None:
+        self._writes_seen += 1
+        self._counts.clear()
 
     def contains(self, track_id: str) -> bool:
         return bool(self._call("get", self._collection, ids=[f"{track_id}#0"], output_fields=["chunk"]))
@@ -222,7 +256,7 @@ class MilvusIndex:
         self._delete(present)  # a replaced track may have fewer chunks than before: its old rows go first
         for first in range(0, len(rows), INSERT_ROWS):
             self._call("insert", self._collection, rows[first : first + INSERT_ROWS])
-        self._counts.clear()  # this process reads its own writes; other processes' within COUNT_TTL_S
+        self._forget_counts()  # this process reads its own writes; other processes' within about COUNT_TTL_S
 
     def remove(self, track_id: str) -> None:
         if not self.contains(track_id):
@@ -239,7 +273,7 @@ class MilvusIndex:
         return present
 
     def _delete(self, track_ids: list[str]) -> None:
-        self._counts.clear()
+        self._forget_counts()
         for first in range(0, len(track_ids), ID_BATCH):
             quoted = ", ".join(f'"{_checked(t)}"' for t in track_ids[first : first + ID_BATCH])
             self._call("delete", self._collection, filter=f"track_id in [{quoted}]")

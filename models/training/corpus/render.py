@@ -18,6 +18,7 @@ SOUNDFONTS = {
     "timgm6mb": "/usr/share/sounds/sf2/TimGM6mb.sf2",
 }
 RENDER_TIMEOUT_S = 60
+RENDER_ATTEMPTS = 3  # fluidsynth now and then aborts (SIGABRT) on a file it renders fine the next time
 MAX_RENDER_BYTES = 64 * 2**20  # a stuck note cannot fill the disk: fluidsynth is killed past this
 
 
@@ -43,14 +44,26 @@ def synthesise(midi: pretty_midi.PrettyMIDI, soundfont: str, sample_rate: int, r
         midi.write(str(mid))
         command = ["fluidsynth", "-ni", "-q", "-g", "0.6", "-R", "1" if reverb else "0", "-C", "0",
                    "-r", str(sample_rate), "-F", str(wav), "-T", "wav", "-O", "s16", soundfont, str(mid)]
-        try:
-            subprocess.run(command, check=True, timeout=RENDER_TIMEOUT_S, capture_output=True, preexec_fn=_limit_file_size)
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
-            raise RenderError(f"fluidsynth failed: {err}") from None
+        _run_fluidsynth(command)
         audio, rate = sf.read(str(wav), dtype="float32", always_2d=True)
     if rate != sample_rate or audio.shape[0] == 0:
         raise RenderError(f"fluidsynth produced {audio.shape[0]} frames at {rate} Hz")
     return audio.mean(axis=1)
+
+
+def _run_fluidsynth(command: list[str]) -> None:
+    """Run fluidsynth; a run killed by a signal is tried again, up to RENDER_ATTEMPTS in all. An error exit or a
+    timeout is not: the same file would fail the same way."""
+    for attempt in range(1, RENDER_ATTEMPTS + 1):
+        try:
+            subprocess.run(command, check=True, timeout=RENDER_TIMEOUT_S, capture_output=True, preexec_fn=_limit_file_size)
+            return
+        except subprocess.CalledProcessError as err:
+            if err.returncode >= 0 or attempt == RENDER_ATTEMPTS:
+                stderr = (err.stderr or b"").decode(errors="replace")[-300:]
+                raise RenderError(f"fluidsynth failed (attempt {attempt}): {err} {stderr}".rstrip()) from None
+        except subprocess.TimeoutExpired as err:
+            raise RenderError(f"fluidsynth failed: {err}") from None
 
 
 def plan_chain(rng: np.random.Generator, clean: bool = False) -> dict:

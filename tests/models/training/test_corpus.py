@@ -142,3 +142,38 @@ def test_long_vorbis_encodes_do_not_crash_the_process():
     write_audio(buffer, audio, 22050, "OGG", "VORBIS")
     buffer.seek(0)
     assert sf.info(buffer).frames == len(audio)
+
+
+def test_fluidsynth_killed_by_a_signal_is_run_again_and_an_error_exit_is_not(tmp_path, monkeypatch):
+    """fluidsynth now and then aborts (SIGABRT) on a file it renders fine the next time (seen in a fresh-clone run):
+    the real fluidsynth renders here; only the first of its runs is replaced by such an abort."""
+    import subprocess
+
+    from models.training.corpus import render
+
+    real_run, calls = subprocess.run, []
+
+    def abort_first(command, **kwargs):
+        calls.append(command)
+        if len(calls) == 1:
+            raise subprocess.CalledProcessError(-6, command)
+        return real_run(command, **kwargs)
+
+    midi = pretty_midi.PrettyMIDI()
+    piano = pretty_midi.Instrument(0)
+    piano.notes.append(pretty_midi.Note(velocity=90, pitch=60, start=0.0, end=0.5))
+    midi.instruments.append(piano)
+    soundfont = next(iter(render.available_soundfonts().values()))
+    monkeypatch.setattr(render.subprocess, "run", abort_first)
+    audio = render.synthesise(midi, soundfont, 22050, reverb=False, work_dir=str(tmp_path))
+    assert len(calls) == 2 and np.abs(audio).max() > 0.01
+
+    def error_exit(command, **kwargs):
+        calls.append(command)
+        raise subprocess.CalledProcessError(1, command, stderr=b"fluidsynth: error: bad file")
+
+    calls.clear()
+    monkeypatch.setattr(render.subprocess, "run", error_exit)
+    with pytest.raises(render.RenderError, match="bad file"):
+        render.synthesise(midi, soundfont, 22050, reverb=False, work_dir=str(tmp_path))
+    assert len(calls) == 1

@@ -10,7 +10,7 @@ through every other within the sync interval.
 
 With `COVERID_MILVUS_URI` the first stage lives in Milvus instead (index/milvus_index.py): every process
 writes the same collection and reads candidates' vectors from the store, so there is no snapshot, and
-start-up brings the collection in line with the store instead of rebuilding it.
+start-up adds to the collection what the store holds and it misses, instead of rebuilding it.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import numpy as np
 
 from app.store import CatalogStore, StoreError, StoreUnavailable, TrackRecord
 from index.defaults import EF_CONSTRUCTION
-from index.local_index import LocalIndex, Match, UnknownTrack, read_header
+from index.local_index import LocalIndex, Match, read_header
 from index.milvus_index import EngineUnavailable, MilvusIndex, StoredTrack
 
 SearchIndex = Union[LocalIndex, MilvusIndex]  # the search-backend seam: one interface, two implementations
@@ -252,7 +252,7 @@ class Catalog:
 
     def engine_reachable(self) -> bool:
         """Whether the first stage answers: always in process; Milvus when it answers a call."""
-        return not isinstance(self._index, MilvusIndex) or self._index.reachable()
+        return self._index.reachable()
 
     @property
     def store_location(self) -> str:
@@ -260,8 +260,7 @@ class Catalog:
 
     def close(self) -> None:
         self._store.close()
-        if isinstance(self._index, MilvusIndex):
-            self._index.close()
+        self._index.close()
 
     def search(self, vectors: np.ndarray, top_k: int, query_starts_s: Optional[np.ndarray] = None,
                timings: Optional[dict] = None) -> list[Match]:
@@ -278,15 +277,7 @@ class Catalog:
 
     def sequences(self, track_ids: list[str]) -> list[Optional[np.ndarray]]:
         """The indexed pitch-class sequences of these tracks (None for one without, or no longer indexed)."""
-        if isinstance(self._index, MilvusIndex):  # one read of the store for all of them
-            return self._index.sequences(track_ids)
-        out = []
-        for track_id in track_ids:
-            try:
-                out.append(self._index.sequence(track_id))
-            except UnknownTrack:  # deleted since the search
-                out.append(None)
-        return out
+        return self._index.sequences(track_ids)
 
     def save_snapshot(self, path: Path) -> None:
         if not self._index.snapshots:  # an engine keeps its own data

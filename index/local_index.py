@@ -188,6 +188,18 @@ class LocalIndex:
                 raise UnknownTrack(track_id)
             return self._tracks[track_id].sequence
 
+    def sequences(self, track_ids: list[str]) -> list[Optional[np.ndarray]]:
+        """Each track's stored pitch-class sequence (None for one without, or no longer indexed)."""
+        with self._lock.read():
+            return [track.sequence if (track := self._tracks.get(track_id)) else None for track_id in track_ids]
+
+    def reachable(self) -> bool:
+        """The index is this process: it always answers (MilvusIndex asks its engine)."""
+        return True
+
+    def close(self) -> None:
+        """Nothing to release (MilvusIndex closes its client)."""
+
     def set_search(self, k_neighbours: Optional[int] = None, ef_search: Optional[int] = None) -> None:
         """Change K and ef for the searches that follow; ef stays at least K."""
         k = self._k if k_neighbours is None else k_neighbours
@@ -218,8 +230,7 @@ class LocalIndex:
             prepared.append((track_id, rows, check_starts(starts_s, len(rows), "starts_s"),
                              check_sequence(sequence[0] if sequence else None)))
         ids = [track_id for track_id, *_ in prepared]
-        if len(set(ids)) != len(ids):
-            raise DuplicateTrack(f"a track id appears twice in one add_many: {sorted(i for i in ids if ids.count(i) > 1)[0]!r}")
+        check_distinct(ids)
         if not prepared:
             return
         with self._lock.write():
@@ -643,6 +654,13 @@ def check_sequence(sequence: Optional[np.ndarray]) -> Optional[np.ndarray]:
             or sequence.shape[0] != 12 or sequence.shape[1] < 1:
         raise ValueError(f"a sequence must be a (12, T >= 1) uint8 array, got {getattr(sequence, 'shape', sequence)!r}")
     return np.ascontiguousarray(sequence)
+
+
+def check_distinct(track_ids: list[str]) -> None:
+    """One add_many names each track once (DuplicateTrack otherwise)."""
+    if len(set(track_ids)) != len(track_ids):
+        repeated = sorted(i for i in track_ids if track_ids.count(i) > 1)[0]
+        raise DuplicateTrack(f"a track id appears twice in one add_many: {repeated!r}")
 
 
 def check_positive(**values: int) -> None:

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 from index.defaults import EF_CONSTRUCTION, EF_SEARCH, HNSW_M, K_NEIGHBOURS
-from index.local_index import (DuplicateTrack, Match, UnknownTrack, check_positive, check_sequence, check_starts,
-                               ranked_matches, unit_rows)
+from index.local_index import (DuplicateTrack, Match, UnknownTrack, check_distinct, check_positive, check_sequence,
+                               check_starts, ranked_matches, unit_rows)
+from index.maxmean import pad_sequences
 
 # the API's track ids (app/routes/catalog.py): nothing in them can break out of a quoted filter string
 TRACK_ID = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
@@ -102,7 +103,7 @@ class MilvusIndex:
         params.add_index("vector", index_type="HNSW", metric_type="IP", params={"M": m, "efConstruction": ef_construction})
         params.add_index("track_id", index_type="INVERTED")
         self._call("create_collection", name, schema=schema, index_params=params, num_shards=shards,
-                                       properties={MODEL_PROPERTY: self._model_id})
+                   properties={MODEL_PROPERTY: self._model_id})
         self._call("load_collection", name, replica_number=self._replicas)
         return True
 
@@ -206,17 +207,11 @@ class MilvusIndex:
 
     def vectors(self, track_id: str) -> np.ndarray:
         rows = self._call("query", self._collection, filter=f'track_id == "{_checked(track_id)}"',
-                                  output_fields=["chunk", "vector"])
+                          output_fields=["chunk", "vector"])
         if not rows:
             raise UnknownTrack(f"track {track_id!r} is not indexed")
         rows.sort(key=lambda row: row["chunk"])
         return np.asarray([row["vector"] for row in rows], dtype=np.float32)
-
-    def sequence(self, track_id: str) -> Optional[np.ndarray]:
-        stored = self._fetch([track_id]).get(track_id)
-        if stored is None:
-            raise UnknownTrack(f"track {track_id!r} is not in the catalogue")
-        return stored.sequence
 
     def sequences(self, track_ids: list[str]) -> list[Optional[np.ndarray]]:
         """Each track's pitch-class sequence (None for one without, or gone), in one read of the store."""
@@ -246,8 +241,7 @@ class MilvusIndex:
             ids.append(_checked(track_id))
             rows.extend({"pk": f"{track_id}#{i}", "track_id": track_id, "chunk": i, "vector": row}
                         for i, row in enumerate(unit.tolist()))
-        if len(set(ids)) != len(ids):
-            raise DuplicateTrack(f"a track id appears twice in one add_many: {sorted(i for i in ids if ids.count(i) > 1)[0]!r}")
+        check_distinct(ids)
         if not ids:
             return
         present = self.present(ids)
@@ -268,7 +262,7 @@ class MilvusIndex:
         present = []
         for first in range(0, len(track_ids), ID_BATCH):
             found = self._call("get", self._collection, ids=[f"{t}#0" for t in track_ids[first : first + ID_BATCH]],
-                                     output_fields=["track_id"])
+                               output_fields=["track_id"])
             present.extend(row["track_id"] for row in found)
         return present
 
@@ -300,12 +294,11 @@ class MilvusIndex:
         """Each query chunk's best cosine with each track stage 1 reaches from it: (track ids, (M, C) float32)."""
         rows = unit_rows(query, self._dim, "query")
         check_positive(k_neighbours=k_neighbours)
-        stored = self._fetch(self._reached(rows, k_neighbours))
-        if not stored:
+        present, vectors, _ = self._stored_units(self._reached(rows, k_neighbours))
+        if not present:
             return [], np.zeros((len(rows), 0), dtype=np.float32)
-        vectors = [track.vectors for track in stored.values()]
         offsets = np.concatenate([[0], np.cumsum([len(v) for v in vectors[:-1]])]).astype(np.int64)
-        return list(stored), np.maximum.reduceat(rows @ np.concatenate(vectors).T, offsets, axis=1)
+        return present, np.maximum.reduceat(rows @ np.concatenate(vectors).T, offsets, axis=1)
 
     def score(self, query: np.ndarray, track_ids: list[str], query_starts_s: Optional[np.ndarray] = None) -> list[Match]:
         """Stage 2 alone: MaxMean of the query against these tracks (those the store holds), best first."""
@@ -317,22 +310,24 @@ class MilvusIndex:
     def _reached(self, rows: np.ndarray, k_neighbours: int) -> list[str]:
         """Stage 1: the tracks owning one of each row's k nearest rows in the engine, in order of first reach."""
         hits = self._call("search", self._collection, data=rows.tolist(), limit=k_neighbours, anns_field="vector",
-                                   search_params={"metric_type": "IP", "params": {"ef": max(self._ef_search, k_neighbours)}},
-                                   output_fields=["track_id"])
+                          search_params={"metric_type": "IP", "params": {"ef": max(self._ef_search, k_neighbours)}},
+                          output_fields=["track_id"])
         return list(dict.fromkeys(hit["entity"]["track_id"] for per_row in hits for hit in per_row))
 
     def _best(self, rows: np.ndarray, query_starts: Optional[np.ndarray], track_ids: list[str], top_k: int) -> list[Match]:
-        stored = self._fetch(track_ids)  # a track deleted since stage 1 is no longer in the store
-        present = [t for t in track_ids if t in stored]
+        present, vectors, starts = self._stored_units(track_ids)
         if not present:
             return []
-        vectors = [unit_rows(stored[t].vectors, self._dim, "stored vectors") for t in present]
-        lengths = np.asarray([len(v) for v in vectors])
-        mask = np.arange(lengths.max())[None, :] < lengths[:, None]
-        padded = np.zeros((*mask.shape, self._dim), dtype=np.float32)
-        padded[mask] = np.concatenate(vectors)
-        return ranked_matches(rows, query_starts, present, torch.from_numpy(padded), torch.from_numpy(mask),
-                              [stored[t].starts_s for t in present], top_k)
+        padded, mask = pad_sequences([torch.from_numpy(v) for v in vectors])
+        return ranked_matches(rows, query_starts, present, padded, mask, starts, top_k)
+
+    def _stored_units(self, track_ids: list[str]) -> tuple[list[str], list[np.ndarray], list[Optional[np.ndarray]]]:
+        """The tracks the store still holds (one deleted since stage 1 is gone), in the order asked: their ids, unit
+        vectors (as LocalIndex holds them) and chunk starts."""
+        stored = self._fetch(track_ids)
+        present = [t for t in track_ids if t in stored]
+        return (present, [unit_rows(stored[t].vectors, self._dim, "stored vectors") for t in present],
+                [stored[t].starts_s for t in present])
 
     def flush(self) -> None:
         """Seal what was inserted so the engine indexes it (growing segments are searched by brute force): after a

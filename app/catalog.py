@@ -158,7 +158,7 @@ class Catalog:
             return
         if indexed and np.allclose(self._index.vectors(track_id), record.vectors, atol=1e-6):
             return  # this process wrote it, or already replayed it
-        self._index.add(track_id, record.vectors, record.starts_s, replace=True, sequence=record.sequence)
+        self._index.add(track_id, record.vectors, record.starts_s, replace=True)
 
     def follow(self, stop: threading.Event, interval_s: float, on_change=None) -> None:
         """Sync every `interval_s` until `stop` is set (the service runs this in a thread); a log that no
@@ -182,7 +182,7 @@ class Catalog:
         with self._writes:
             self._store.put(record, replace=replace)
             try:
-                self._index.add(record.track_id, record.vectors, record.starts_s, replace=replace, sequence=record.sequence)
+                self._index.add(record.track_id, record.vectors, record.starts_s, replace=replace)
             except EngineUnavailable:
                 self._undo_new([record], replace)
                 raise
@@ -195,7 +195,7 @@ class Catalog:
         with self._writes:
             self._store.put_many(records)
             try:
-                self._index.add_many([(r.track_id, r.vectors, r.starts_s, r.sequence) for r in records])
+                self._index.add_many([(r.track_id, r.vectors, r.starts_s) for r in records])
             except EngineUnavailable:
                 self._undo_new(records, replace=False)
                 raise
@@ -276,8 +276,23 @@ class Catalog:
         return self._index.score(vectors, track_ids, query_starts_s)
 
     def sequences(self, track_ids: list[str]) -> list[Optional[np.ndarray]]:
-        """The indexed pitch-class sequences of these tracks (None for one without, or no longer indexed)."""
-        return self._index.sequences(track_ids)
+        """Stage 3's pitch-class sequences of these tracks, read from the store in one round trip (None for one
+        stored without, of another model, or gone; all None while the store does not answer).
+
+        The store and not the index holds them: the index would keep 6 KiB per track in memory for the few
+        (fusion's top N) a query aligns (issue 17). Without the store stage 3 is skipped, as for a track without
+        a sequence, and the answer keeps stage 2's order: the index ranks without the store, as describe says.
+        """
+        if time.monotonic() < self._store_down_until:
+            return [None] * len(track_ids)
+        try:
+            stored = {record.track_id: record.sequence for record in self._store.get_many(track_ids, with_vectors=True)
+                      if record.model_id == self.model_id}
+        except StoreUnavailable as err:
+            log.warning("catalogue store unavailable, answering without stage 3 for %.0f s: %s", self.store_retry_s, err)
+            self._store_down_until = time.monotonic() + self.store_retry_s
+            return [None] * len(track_ids)
+        return [stored.get(track_id) for track_id in track_ids]
 
     def save_snapshot(self, path: Path) -> None:
         if not self._index.snapshots:  # an engine keeps its own data
@@ -302,7 +317,7 @@ def _rebuild(store: CatalogStore, settings: IndexSettings, model_id: str) -> tup
                        ef_construction=settings.ef_construction, initial_capacity=max(1024, store.vector_count()))
     batch: list = []
     for record in store.iter_records(batch_size=REBUILD_BATCH):
-        batch.append((record.track_id, record.vectors, record.starts_s, record.sequence))
+        batch.append((record.track_id, record.vectors, record.starts_s))
         if len(batch) == REBUILD_BATCH:
             index.add_many(batch)
             batch = []
@@ -330,7 +345,7 @@ def _engine_in_line(store: CatalogStore, settings: IndexSettings, model_id: str)
         ids = [record.track_id for record in page if record.model_id == model_id]
         held = set(index.present(ids))
         missing = store.get_many([t for t in ids if t not in held], with_vectors=True)
-        index.add_many([(r.track_id, r.vectors, r.starts_s, r.sequence) for r in missing], replace=True)
+        index.add_many([(r.track_id, r.vectors, r.starts_s) for r in missing], replace=True)
         added += len(missing)
     if added:
         index.flush()
@@ -339,8 +354,8 @@ def _engine_in_line(store: CatalogStore, settings: IndexSettings, model_id: str)
 
 
 def _stored_tracks(store: CatalogStore, model_id: str, track_ids: list[str]) -> dict[str, StoredTrack]:
-    """What stage 2 and 3 read of the engine's candidates: the store's vectors, chunk starts and sequences."""
-    return {record.track_id: StoredTrack(record.vectors, record.starts_s, record.sequence)
+    """What stage 2 reads of the engine's candidates: the store's vectors and chunk starts."""
+    return {record.track_id: StoredTrack(record.vectors, record.starts_s)
             for record in store.get_many(track_ids, with_vectors=True) if record.model_id == model_id}
 
 

@@ -8,10 +8,15 @@ the similarity of such tracks to 0 (section 3.1), so a caller that needs a score
 for every track reads "absent" as 0, or uses search_exhaustive (the all-pairs
 baseline, for measuring recall and for evaluation).
 
-Every stored vector has a slot: a row of one contiguous float32 array and, the
-same number, its hnswlib label. Removing a track marks its slots deleted in
-hnswlib and frees them; the next add writes over freed slots before taking new
-ones, so add/remove churn does not grow memory.
+Every stored vector has a slot: a row of one contiguous float16 array (stage
+two's copy) and, the same number, its hnswlib label (hnswlib keeps its own float32
+copy for the graph). Half precision halves the rerank copy's memory (issue 17) and
+moves a cosine by about 1e-3 at most. The copy stays because reading vectors back
+out of hnswlib (get_items) took 100 ms per query against 3 ms for the array.
+Removing a track marks its slots deleted in hnswlib and frees them; the next add
+writes over freed slots before taking new ones, so add/remove churn does not grow
+memory. Stage 3's pitch-class sequences are not held here: the catalogue reads the
+few it aligns from the store (app/catalog.py), as it does for the Milvus backend.
 """
 
 from __future__ import annotations
@@ -38,10 +43,10 @@ from index.maxmean import maxmean_best_pair
 from index.rwlock import RWLock
 
 FORMAT = "coverid-local-index"
-FORMAT_VERSION = 3  # 2: the store generation the index reflects; 3: each track's pitch-class sequence (stage 3)
+FORMAT_VERSION = 4  # 2: the store generation; 3: pitch-class sequences; 4: no sequences (read from the store)
 HEADER_MEMBER = "header.json"
 GRAPH_MEMBER = "hnsw.bin"
-RESTORE_BLOCK = 65536  # vectors copied out of hnswlib per call when a snapshot loads
+RERANK_DTYPE = np.float16  # stage two's copy of the vectors
 
 PathLike = Union[str, os.PathLike]
 
@@ -90,10 +95,9 @@ class SnapshotHeader:
 class _Track:
     slots: np.ndarray  # (N,) int64, in segment order
     starts_s: Optional[np.ndarray]  # (N,) float64 chunk start times, when the caller gave them
-    sequence: Optional[np.ndarray] = None  # (12, T) uint8 pitch classes for stage 3, when the model makes them
 
 
-TrackItem = tuple  # (track_id, vectors (N, dim), starts_s (N,) or None[, sequence (12, T) uint8 or None])
+TrackItem = tuple  # (track_id, vectors (N, dim), starts_s (N,) or None)
 
 
 class LocalIndex:
@@ -129,7 +133,7 @@ class LocalIndex:
             max_elements=initial_capacity, ef_construction=ef_construction, M=m, allow_replace_deleted=False
         )
         self._hnsw.set_ef(max(ef_search, k_neighbours))
-        self._vectors = np.zeros((initial_capacity, dim), dtype=np.float32)  # (capacity, dim), row = slot
+        self._vectors = np.zeros((initial_capacity, dim), dtype=RERANK_DTYPE)  # (capacity, dim), row = slot
         self._owners: list[Optional[str]] = [None] * initial_capacity  # slot -> track id
         self._tracks: dict[str, _Track] = {}
         self._free: list[int] = []  # freed slots, deleted in hnswlib, reused first
@@ -179,19 +183,7 @@ class LocalIndex:
         with self._lock.read():
             if track_id not in self._tracks:
                 raise UnknownTrack(track_id)
-            return self._vectors[self._tracks[track_id].slots].copy()
-
-    def sequence(self, track_id: str) -> Optional[np.ndarray]:
-        """One track's stored pitch-class sequence (12, T) uint8 (not a copy: do not write to it), or None."""
-        with self._lock.read():
-            if track_id not in self._tracks:
-                raise UnknownTrack(track_id)
-            return self._tracks[track_id].sequence
-
-    def sequences(self, track_ids: list[str]) -> list[Optional[np.ndarray]]:
-        """Each track's stored pitch-class sequence (None for one without, or no longer indexed)."""
-        with self._lock.read():
-            return [track.sequence if (track := self._tracks.get(track_id)) else None for track_id in track_ids]
+            return self._vectors[self._tracks[track_id].slots].astype(np.float32)
 
     def reachable(self) -> bool:
         """The index is this process: it always answers (MilvusIndex asks its engine)."""
@@ -211,13 +203,10 @@ class LocalIndex:
 
     # ---- changes
 
-    def add(
-        self, track_id: str, vectors: np.ndarray, starts_s: Optional[np.ndarray] = None, replace: bool = False,
-        sequence: Optional[np.ndarray] = None,
-    ) -> None:
-        """Index a track's local embeddings, (N, dim) in segment order, with optional chunk starts (N,) in seconds
-        and an optional (12, T) uint8 pitch-class sequence kept for stage 3."""
-        self.add_many([(track_id, vectors, starts_s, sequence)], replace=replace)
+    def add(self, track_id: str, vectors: np.ndarray, starts_s: Optional[np.ndarray] = None,
+            replace: bool = False) -> None:
+        """Index a track's local embeddings, (N, dim) in segment order, with optional chunk starts (N,) in seconds."""
+        self.add_many([(track_id, vectors, starts_s)], replace=replace)
 
     def add_many(self, items: list[TrackItem], replace: bool = False) -> None:
         """Index several tracks with one hnswlib call (which it spreads over threads): rebuilds and bulk loads.
@@ -225,10 +214,9 @@ class LocalIndex:
         All or nothing for duplicates: a track id already indexed (without replace) or given twice adds none.
         """
         prepared = []
-        for track_id, vectors, starts_s, *sequence in items:
+        for track_id, vectors, starts_s in items:
             rows = self._unit_rows(vectors, "vectors")
-            prepared.append((track_id, rows, check_starts(starts_s, len(rows), "starts_s"),
-                             check_sequence(sequence[0] if sequence else None)))
+            prepared.append((track_id, rows, check_starts(starts_s, len(rows), "starts_s")))
         ids = [track_id for track_id, *_ in prepared]
         check_distinct(ids)
         if not prepared:
@@ -239,7 +227,7 @@ class LocalIndex:
                 raise DuplicateTrack(f"track {present[0]!r} is already indexed; pass replace=True to overwrite it")
             for track_id in present:
                 self._drop(track_id)
-            rows = np.concatenate([r for _, r, _, _ in prepared])
+            rows = np.concatenate([r for _, r, _ in prepared])
             slots = self._take_slots(len(rows))
             self._vectors[slots] = rows
             try:
@@ -248,10 +236,10 @@ class LocalIndex:
                 self._give_back(slots)
                 raise
             offset = 0
-            for track_id, track_rows, starts, sequence in prepared:
+            for track_id, track_rows, starts in prepared:
                 track_slots = slots[offset : offset + len(track_rows)]
                 offset += len(track_rows)
-                self._tracks[track_id] = _Track(track_slots, starts, sequence)
+                self._tracks[track_id] = _Track(track_slots, starts)
                 for slot in track_slots.tolist():
                     self._owners[slot] = track_id
             self._live += len(slots)
@@ -292,7 +280,7 @@ class LocalIndex:
         while capacity < needed:
             capacity *= 2
         self._hnsw.resize_index(capacity)
-        grown = np.zeros((capacity, self._dim), dtype=np.float32)
+        grown = np.zeros((capacity, self._dim), dtype=RERANK_DTYPE)
         grown[: self._used] = self._vectors[: self._used]
         self._vectors = grown
         self._owners.extend([None] * (capacity - len(self._owners)))
@@ -393,7 +381,7 @@ class LocalIndex:
         column (for np.*.reduceat) and each track's length. Caller holds the lock."""
         lengths = np.asarray([len(slots) for slots in track_slots])
         offsets = np.concatenate([[0], np.cumsum(lengths[:-1])]).astype(np.int64)
-        return rows @ self._vectors[np.concatenate(track_slots)].T, offsets, lengths
+        return rows @ self._vectors[np.concatenate(track_slots)].astype(np.float32).T, offsets, lengths
 
     def _best(
         self, rows: np.ndarray, query_starts: Optional[np.ndarray], track_ids: list[str], top_k: int
@@ -406,7 +394,7 @@ class LocalIndex:
         return ranked_matches(rows, query_starts, track_ids, padded, mask, [track.starts_s for track in tracks], top_k)
 
     def _gather(self, track_slots: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tracks' vectors padded into one (D, N_max, dim) tensor and its mask (D, N_max), in one gather.
+        """Tracks' vectors padded into one (D, N_max, dim) float32 tensor and its mask (D, N_max), in one gather.
 
         Padding positions read slot 0 and are masked out; one fancy index instead of a copy per
         track keeps the rerank of a few hundred candidates off the Python interpreter.
@@ -415,7 +403,7 @@ class LocalIndex:
         mask = np.arange(lengths.max())[None, :] < lengths[:, None]
         slot_table = np.zeros(mask.shape, dtype=np.int64)
         slot_table[mask] = np.concatenate(track_slots)
-        return torch.from_numpy(self._vectors[slot_table]), torch.from_numpy(mask)
+        return torch.from_numpy(self._vectors[slot_table].astype(np.float32)), torch.from_numpy(mask)
 
     def _unit_rows(self, vectors: np.ndarray, name: str) -> np.ndarray:
         return unit_rows(vectors, self._dim, name)
@@ -443,17 +431,13 @@ class LocalIndex:
         )
 
     def _track_arrays(self) -> dict[str, np.ndarray]:
-        """The tracks as flat arrays; the vectors themselves travel inside the hnswlib graph."""
+        """The tracks as flat arrays, and stage 2's copy of the vectors (hnswlib's own copy travels in its graph:
+        reading it back out with get_items costs about 7 microseconds a vector, two minutes at a million tracks)."""
         tracks = list(self._tracks.values())
         lengths = [len(track.slots) for track in tracks]
         starts = [np.full(n, np.nan) if track.starts_s is None else track.starts_s for track, n in zip(tracks, lengths)]
-        frames = [0 if track.sequence is None else track.sequence.shape[1] for track in tracks]
-        sequences = [track.sequence for track in tracks if track.sequence is not None]
         return {
-            # pitch-class sequences side by side along time; a track without one spans no frames
-            "track_sequences": np.concatenate(sequences or [np.zeros((12, 0), np.uint8)], axis=1),
-            "sequence_offsets": np.concatenate([[0], np.cumsum(frames, dtype=np.int64)]).astype(np.int64),
-            "track_has_sequence": np.asarray([track.sequence is not None for track in tracks], dtype=bool),
+            "rerank_vectors": self._vectors[: self._used],  # (slots used, dim) float16, freed slots included
             "track_ids": np.frombuffer(json.dumps(list(self._tracks)).encode(), dtype=np.uint8),
             "track_offsets": np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64),
             "track_slots": np.concatenate([track.slots for track in tracks] or [np.zeros(0, np.int64)]),
@@ -506,17 +490,18 @@ class LocalIndex:
         counts = (len(track_ids), len(slots), self._hnsw.get_current_count())
         if counts != (header.track_count, header.vector_count, header.slot_count):
             raise ValueError(f"snapshot is inconsistent: its header says {header}, its arrays disagree")
-        self._vectors = np.zeros((header.capacity, self._dim), dtype=np.float32)
-        for first in range(0, len(slots), RESTORE_BLOCK):  # get_items holds a C++ copy of what it returns:
-            block = slots[first : first + RESTORE_BLOCK]   # in one call 1.7 M vectors took > 20 GB
-            self._vectors[block] = self._hnsw.get_items(block, return_type="numpy")
+        rerank = arrays.pop("rerank_vectors", np.zeros((0, 0), np.uint8))
+        if rerank.shape != (header.slot_count, self._dim) or rerank.dtype != RERANK_DTYPE:
+            raise ValueError(f"snapshot is inconsistent: its rerank vectors are {rerank.dtype} {rerank.shape}, "
+                             f"not {np.dtype(RERANK_DTYPE)} ({header.slot_count}, {self._dim})")
+        self._vectors = np.zeros((header.capacity, self._dim), dtype=RERANK_DTYPE)
+        self._vectors[: header.slot_count] = rerank
+        del rerank
         self._owners = [None] * header.capacity
-        sequences, frames = arrays["track_sequences"], arrays["sequence_offsets"]
         for i, track_id in enumerate(track_ids):
             span = slice(offsets[i], offsets[i + 1])
             has_starts = bool(arrays["track_has_starts"][i])
-            sequence = sequences[:, frames[i] : frames[i + 1]].copy() if arrays["track_has_sequence"][i] else None
-            self._tracks[track_id] = _Track(slots[span].copy(), starts[span].copy() if has_starts else None, sequence)
+            self._tracks[track_id] = _Track(slots[span].copy(), starts[span].copy() if has_starts else None)
             for slot in slots[span].tolist():
                 self._owners[slot] = track_id
         self._free = arrays["free_slots"].tolist()
@@ -645,15 +630,6 @@ def check_starts(starts_s: Optional[np.ndarray], count: int, name: str) -> Optio
             f"{name} must be {count} finite start times in seconds, one per vector; got shape {starts.shape}"
         )
     return starts.copy()
-
-
-def check_sequence(sequence: Optional[np.ndarray]) -> Optional[np.ndarray]:
-    if sequence is None:
-        return None
-    if not isinstance(sequence, np.ndarray) or sequence.dtype != np.uint8 or sequence.ndim != 2 \
-            or sequence.shape[0] != 12 or sequence.shape[1] < 1:
-        raise ValueError(f"a sequence must be a (12, T >= 1) uint8 array, got {getattr(sequence, 'shape', sequence)!r}")
-    return np.ascontiguousarray(sequence)
 
 
 def check_distinct(track_ids: list[str]) -> None:

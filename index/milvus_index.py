@@ -2,9 +2,9 @@
 
 The engine holds every local embedding as one row: the primary key "<track id>#<chunk>", the track id, the
 chunk's number and the unit vector, in an HNSW index on inner product (cosine). Milvus shards and replicates
-it. This process keeps nothing of the catalogue: stage 2 (MaxMean) and stage 3 read the candidates' vectors,
-chunk starts and pitch-class sequences from the catalogue store that every replica shares (`fetch`), so the
-service's replicas stay stateless over the engine and the store.
+it. This process keeps nothing of the catalogue: stage 2 (MaxMean) reads the candidates' vectors and chunk
+starts from the catalogue store that every replica shares (`fetch`), as stage 3 reads their pitch-class sequences
+(app/catalog.py), so the service's replicas stay stateless over the engine and the store.
 
 The same client code speaks to a Milvus server or cluster (`http://host:19530`) and to milvus-lite, the
 engine in this process (a local path), which the tests run. The collection records the model it was filled
@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from index.defaults import EF_CONSTRUCTION, EF_SEARCH, HNSW_M, K_NEIGHBOURS
-from index.local_index import (DuplicateTrack, Match, UnknownTrack, check_distinct, check_positive, check_sequence,
-                               check_starts, ranked_matches, unit_rows)
+from index.local_index import (DuplicateTrack, Match, UnknownTrack, check_distinct, check_positive, check_starts,
+                               ranked_matches, unit_rows)
 from index.maxmean import pad_sequences
 
 # the API's track ids (app/routes/catalog.py): nothing in them can break out of a quoted filter string
@@ -42,11 +42,10 @@ class EngineUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class StoredTrack:
-    """What stage 2 and stage 3 need of one catalogue track, read from the store."""
+    """What stage 2 needs of one catalogue track, read from the store."""
 
     vectors: np.ndarray  # (N, dim) float32
     starts_s: Optional[np.ndarray]  # (N,) chunk starts in seconds
-    sequence: Optional[np.ndarray] = None  # (12, T) uint8 pitch classes
 
 
 Fetch = Callable[[list[str]], dict[str, StoredTrack]]  # track ids -> those the store holds
@@ -213,11 +212,6 @@ class MilvusIndex:
         rows.sort(key=lambda row: row["chunk"])
         return np.asarray([row["vector"] for row in rows], dtype=np.float32)
 
-    def sequences(self, track_ids: list[str]) -> list[Optional[np.ndarray]]:
-        """Each track's pitch-class sequence (None for one without, or gone), in one read of the store."""
-        stored = self._fetch(track_ids)
-        return [stored[t].sequence if t in stored else None for t in track_ids]
-
     def set_search(self, k_neighbours: Optional[int] = None, ef_search: Optional[int] = None) -> None:
         k = self._k if k_neighbours is None else k_neighbours
         ef = self._ef_search if ef_search is None else ef_search
@@ -226,18 +220,17 @@ class MilvusIndex:
 
     # ---- changes
 
-    def add(self, track_id: str, vectors: np.ndarray, starts_s: Optional[np.ndarray] = None, replace: bool = False,
-            sequence: Optional[np.ndarray] = None) -> None:
-        self.add_many([(track_id, vectors, starts_s, sequence)], replace=replace)
+    def add(self, track_id: str, vectors: np.ndarray, starts_s: Optional[np.ndarray] = None,
+            replace: bool = False) -> None:
+        self.add_many([(track_id, vectors, starts_s)], replace=replace)
 
     def add_many(self, items: list, replace: bool = False) -> None:
-        """Insert tracks' rows; a track already held is refused (DuplicateTrack) unless `replace`. The starts and
-        the sequence are checked as LocalIndex checks them, but live in the store only."""
+        """Insert tracks' rows; a track already held is refused (DuplicateTrack) unless `replace`. The starts are
+        checked as LocalIndex checks them, but live in the store only."""
         rows, ids = [], []
-        for track_id, vectors, starts_s, *sequence in items:
+        for track_id, vectors, starts_s in items:
             unit = unit_rows(vectors, self._dim, "vectors")
             check_starts(starts_s, len(unit), "starts_s")
-            check_sequence(sequence[0] if sequence else None)
             ids.append(_checked(track_id))
             rows.extend({"pk": f"{track_id}#{i}", "track_id": track_id, "chunk": i, "vector": row}
                         for i, row in enumerate(unit.tolist()))

@@ -7,8 +7,8 @@ import redis
 
 from app.catalog import Catalog, IndexSettings
 from app.settings import Settings
-from app.store import RedisStore, SQLiteStore, TrackRecord
-from index.local_index import GRAPH_MEMBER, read_header
+from app.store import RedisStore, SQLiteStore, StoreUnavailable, TrackRecord
+from index.local_index import GRAPH_MEMBER, LocalIndex, read_header
 from tests.conftest import rewrite_snapshot
 
 DIM = 16
@@ -150,7 +150,7 @@ def test_a_second_process_on_the_same_store_converges_by_syncing(tmp_path):
     swapped = record("t0", rng)  # a replace through the second replica
     second.ingest(swapped, replace=True)
     first.sync()
-    assert np.allclose(first._index.vectors("t0"), swapped.vectors, atol=1e-6)
+    assert np.allclose(first._index.vectors("t0"), swapped.vectors, atol=1e-3)  # half precision
 
     first.delete("t0")
     second.sync()
@@ -167,7 +167,7 @@ def test_a_snapshot_whose_counts_match_a_changed_store_is_brought_up_to_date(tmp
     other.close()
     catalog, how = reopen(tmp_path, m=16, make_store=make_store)
     assert how == "snapshot"  # trusted as of its generation, then the log replayed
-    assert np.allclose(catalog._index.vectors("t3"), swapped.vectors, atol=1e-6)
+    assert np.allclose(catalog._index.vectors("t3"), swapped.vectors, atol=1e-3)  # half precision
     assert catalog.search(swapped.vectors[:2], top_k=1)[0].track_id == "t3"
     assert catalog.search(query, top_k=1)[0].score < 0.99  # the old content is gone from the index
 
@@ -181,7 +181,8 @@ def test_a_snapshot_newer_than_the_store_is_not_used(tmp_path):
     assert how == "rebuilt" and catalog.indexed_tracks() == 0
 
 
-def test_an_old_format_snapshot_is_rebuilt_from_the_store_with_the_sequences(tmp_path, make_store):
+@pytest.mark.parametrize("snapshot_format", ["current", "3"])
+def test_stage_3_reads_the_sequences_from_the_store_after_a_snapshot_or_a_rebuild(tmp_path, make_store, snapshot_format):
     rng = np.random.default_rng(21)
     sequence = rng.integers(0, 256, (12, 30), dtype=np.uint8)
     catalog, _ = reopen(tmp_path, m=16, make_store=make_store)
@@ -189,14 +190,40 @@ def test_an_old_format_snapshot_is_rebuilt_from_the_store_with_the_sequences(tmp
     catalog.ingest(record("without", rng))
     snapshot = tmp_path / "index.snapshot"
     catalog.save_snapshot(snapshot)
-    # the same snapshot, as the previous format (2, no sequences) wrote it
-    old = tmp_path / "old.snapshot"
-    rewrite_snapshot(snapshot, old, format_version=2)
-    old.replace(snapshot)
+    if snapshot_format == "3":  # the same snapshot as format 3 wrote it: refused, so rebuilt from the store
+        old = tmp_path / "old.snapshot"
+        rewrite_snapshot(snapshot, old, format_version=3)
+        old.replace(snapshot)
     reopened, how = reopen(tmp_path, m=16, make_store=make_store)
-    assert how == "rebuilt"
+    assert how == ("rebuilt" if snapshot_format == "3" else "snapshot")
     assert np.array_equal(reopened.sequences(["with-sequence"])[0], sequence)
-    assert reopened.sequences(["without", "gone"]) == [None, None]
+    assert reopened.sequences(["without", "gone", "with-sequence"])[:2] == [None, None]
+
+
+def test_without_the_store_stage_3_gets_no_sequences_and_the_store_is_not_asked_again_at_once(tmp_path):
+    store = FailingStore(tmp_path)
+    catalog = Catalog(store, LocalIndex(DIM), MODEL, IndexSettings.of(Settings(), DIM), store_retry_s=60.0)
+    rng = np.random.default_rng(22)
+    store.put(dataclasses.replace(record("t", rng), sequence=rng.integers(0, 256, (12, 5), dtype=np.uint8)))
+    assert catalog.sequences(["t"])[0].shape == (12, 5)
+    store.down = True
+    assert catalog.sequences(["t", "u"]) == [None, None]
+    store.down = False  # back, but within the retry interval the catalogue does not ask
+    assert catalog.sequences(["t"]) == [None] and store.asked == 2
+
+
+class FailingStore(SQLiteStore):
+    """A real SQLite store whose get_many fails as an unreachable Redis does while `down`."""
+
+    def __init__(self, data_dir):
+        super().__init__(data_dir)
+        self.down, self.asked = False, 0
+
+    def get_many(self, track_ids, with_vectors=False):
+        self.asked += 1
+        if self.down:
+            raise StoreUnavailable("the store is down (test)")
+        return super().get_many(track_ids, with_vectors)
 
 
 def test_a_named_pipe_at_the_snapshot_path_is_moved_aside_and_the_index_rebuilt(tmp_path, caplog):

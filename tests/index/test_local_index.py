@@ -1,5 +1,6 @@
 import threading
 import time
+import zipfile
 
 import numpy as np
 import pytest
@@ -7,6 +8,7 @@ import torch
 
 from index.local_index import (
     FORMAT_VERSION,
+    RERANK_DTYPE,
     DuplicateTrack,
     LocalIndex,
     Match,
@@ -429,9 +431,9 @@ def test_vectors_returns_a_copy_in_segment_order():
     index = LocalIndex(32)
     index.add("t", vectors)
     copy = index.vectors("t")
-    assert np.allclose(copy, vectors, atol=1e-6)
+    assert np.allclose(copy, vectors, atol=1e-3)  # kept in half precision: within 2^-11 of each element
     copy[:] = 0
-    assert np.allclose(index.vectors("t"), vectors, atol=1e-6)
+    assert np.allclose(index.vectors("t"), vectors, atol=1e-3)
     with pytest.raises(UnknownTrack):
         index.vectors("nope")
 
@@ -467,44 +469,61 @@ def test_exhaustive_search_ranks_every_track_like_a_plain_loop():
         index.add(track_id, rows)
     tracks.update(extra)
     query = query_from(rng, tracks["new-3"])
-    expected = sorted(((float(maxmean(torch.from_numpy(query), torch.from_numpy(rows)[None])[0]), track_id)
+    expected = sorted(((float(maxmean(torch.from_numpy(query), torch.from_numpy(as_stored(rows))[None])[0]), track_id)
                        for track_id, rows in tracks.items()), key=lambda p: (-p[0], p[1]))[:12]
     for block in (1, 7, 16384):
         found = index.search_exhaustive(query, top_k=12, block_tracks=block)
         assert [m.track_id for m in found] == [t for _, t in expected]
-        assert [m.score for m in found] == pytest.approx([s for s, _ in expected], abs=1e-5)
+        assert [m.score for m in found] == pytest.approx([s for s, _ in expected], abs=1e-4)  # float32 sums
 
 
-def test_pitch_class_sequences_travel_with_their_tracks_and_through_a_snapshot(tmp_path):
+def as_stored(rows: np.ndarray) -> np.ndarray:
+    """What the index keeps of rows for stage 2: unit rows in half precision, read back as float32."""
+    unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    return unit.astype(RERANK_DTYPE).astype(np.float32)
+
+
+def test_the_vectors_read_back_for_the_rerank_are_the_ones_given_after_slot_reuse_and_a_snapshot(tmp_path):
+    """Stage 2's half-precision copy is filled from hnswlib when a snapshot loads: each track keeps its own, in order."""
     rng = np.random.default_rng(13)
-    sequences = {name: rng.integers(0, 256, (12, n), dtype=np.uint8) for name, n in (("a", 40), ("b", 1), ("c", 75))}
-    index = LocalIndex(DIM)
-    index.add("a", unit_rows(rng, 2), sequence=sequences["a"])
-    index.add_many([("b", unit_rows(rng, 1), None, sequences["b"]), ("c", unit_rows(rng, 3), None, sequences["c"]),
-                    ("none", unit_rows(rng, 2), None)])
+    tracks = {name: unit_rows(rng, n) for name, n in (("a", 2), ("b", 1), ("c", 3), ("d", 4))}
+    index = LocalIndex(DIM, initial_capacity=2)  # grown twice on the way
+    index.add_many([(name, rows, None) for name, rows in tracks.items() if name != "d"])
     index.remove("a")
-    index.add("a", unit_rows(rng, 2), sequence=sequences["a"][:, ::-1])  # replaced: the new sequence counts
+    index.add("d", tracks["d"])  # takes a's freed slots, then fresh ones
     path = tmp_path / "local.idx"
     index.save(path, model_id="m")
     loaded = LocalIndex.load(path, expected_model_id="m", dim=DIM)
     for source in (index, loaded):
-        assert np.array_equal(source.sequence("a"), sequences["a"][:, ::-1])
-        assert np.array_equal(source.sequence("b"), sequences["b"])
-        assert np.array_equal(source.sequence("c"), sequences["c"])
-        assert source.sequence("none") is None
-    with pytest.raises(ValueError, match="uint8"):
-        index.add("bad", unit_rows(rng, 1), sequence=np.zeros((11, 5), np.uint8))
-    with pytest.raises(ValueError, match="uint8"):
-        index.add("bad", unit_rows(rng, 1), sequence=np.zeros((12, 5), np.float32))
-    assert not index.contains("bad")
+        for name in ("b", "c", "d"):
+            assert np.allclose(source.vectors(name), tracks[name] / np.linalg.norm(tracks[name], axis=1, keepdims=True),
+                               atol=1e-3)  # half precision
+        found = source.score(tracks["d"], ["b", "c", "d"])
+        assert found[0].track_id == "d" and found[0].score == pytest.approx(1.0, abs=1e-3)
 
 
-def test_a_snapshot_of_format_2_is_refused_by_version(tmp_path):
+@pytest.mark.parametrize("damage", ["missing", "float32"])
+def test_a_snapshot_without_its_half_precision_rerank_copy_is_refused(tmp_path, damage):
+    index = LocalIndex(DIM)
+    index.add("a", unit_rows(np.random.default_rng(15), 3))
+    path = tmp_path / "local.idx"
+    index.save(path, model_id="m")
+    damaged = tmp_path / "damaged.idx"
+    rewrite_snapshot(path, damaged, format_version=FORMAT_VERSION, drop=("rerank_vectors",))
+    if damage == "float32":  # the right shape in the wrong precision
+        with zipfile.ZipFile(damaged, "a") as archive, archive.open("rerank_vectors.npy", "w") as member:
+            np.save(member, index.vectors("a"))
+    with pytest.raises(ValueError, match="rerank vectors"):
+        LocalIndex.load(damaged, expected_model_id="m", dim=DIM)
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_a_snapshot_of_an_older_format_is_refused_by_version(tmp_path, version):
     index = LocalIndex(DIM)
     index.add("a", unit_rows(np.random.default_rng(14), 2))
     path = tmp_path / "local.idx"
     index.save(path, model_id="m")
-    old = tmp_path / "old.idx"  # what format 2 wrote: no sequences
-    rewrite_snapshot(path, old, format_version=2, drop=("track_sequences", "sequence_offsets", "track_has_sequence"))
-    with pytest.raises(SnapshotMismatch, match=f"format_version 2 != expected {FORMAT_VERSION}"):
+    old = tmp_path / "old.idx"  # format 2 wrote no sequences; 3 wrote them; 4 leaves them in the store
+    rewrite_snapshot(path, old, format_version=version, drop=())
+    with pytest.raises(SnapshotMismatch, match=f"format_version {version} != expected {FORMAT_VERSION}"):
         LocalIndex.load(old, expected_model_id="m", dim=DIM)

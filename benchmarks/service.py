@@ -166,7 +166,10 @@ def main() -> None:
             for other in others:
                 print(f"# {tracks} tracks in process, K {other['k']}, ef {other['ef']}: {other}", flush=True)
             del index, contents
+            started = time.perf_counter()
             process = serve(args.model, data_dir, args.port, args)
+            print(f"# {tracks} tracks: the server was ready {time.perf_counter() - started:.1f} s after its start "
+                  "(cold start from the snapshot)", flush=True)
             try:
                 latencies, stages = identify_times(args.port, clip, args.requests)
                 rss = rss_mib(process.pid)

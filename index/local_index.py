@@ -47,6 +47,7 @@ FORMAT_VERSION = 4  # 2: the store generation; 3: pitch-class sequences; 4: no s
 HEADER_MEMBER = "header.json"
 GRAPH_MEMBER = "hnsw.bin"
 RERANK_DTYPE = np.float16  # stage two's copy of the vectors
+RERANK_MEMBER = "rerank_vectors.npy"  # that copy in a snapshot
 
 PathLike = Union[str, os.PathLike]
 
@@ -437,7 +438,7 @@ class LocalIndex:
         lengths = [len(track.slots) for track in tracks]
         starts = [np.full(n, np.nan) if track.starts_s is None else track.starts_s for track, n in zip(tracks, lengths)]
         return {
-            "rerank_vectors": self._vectors[: self._used],  # (slots used, dim) float16, freed slots included
+            RERANK_MEMBER[:-4]: self._vectors[: self._used],  # (slots used, dim) float16, freed slots included
             "track_ids": np.frombuffer(json.dumps(list(self._tracks)).encode(), dtype=np.uint8),
             "track_offsets": np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64),
             "track_slots": np.concatenate([track.slots for track in tracks] or [np.zeros(0, np.int64)]),
@@ -474,14 +475,17 @@ class LocalIndex:
                 initial_capacity=1,  # _restore sets the real capacity
             )
             with tempfile.TemporaryDirectory() as scratch:
-                arrays = {name[:-4]: _read_array(archive, name) for name in archive.namelist() if name.endswith(".npy")}
+                arrays = {name[:-4]: _read_array(archive, name) for name in archive.namelist()
+                          if name.endswith(".npy") and name != RERANK_MEMBER}
+                rerank = np.zeros((header.capacity, dim), dtype=RERANK_DTYPE)  # read in place: no second copy
+                _read_rows_into(archive, RERANK_MEMBER, rerank, header.slot_count, path)
                 graph = Path(scratch) / GRAPH_MEMBER
                 with archive.open(GRAPH_MEMBER) as source, open(graph, "wb") as target:
                     shutil.copyfileobj(source, target)
-                index._restore(header, arrays, graph)
+                index._restore(header, arrays, rerank, graph)
         return index
 
-    def _restore(self, header: SnapshotHeader, arrays: dict[str, np.ndarray], graph: Path) -> None:
+    def _restore(self, header: SnapshotHeader, arrays: dict[str, np.ndarray], rerank: np.ndarray, graph: Path) -> None:
         self._hnsw = hnswlib.Index(space="ip", dim=self._dim)
         self._hnsw.load_index(str(graph), max_elements=header.capacity, allow_replace_deleted=False)
         self._hnsw.set_ef(max(self._ef_search, self._k))  # load_index resets ef to hnswlib's default
@@ -490,13 +494,7 @@ class LocalIndex:
         counts = (len(track_ids), len(slots), self._hnsw.get_current_count())
         if counts != (header.track_count, header.vector_count, header.slot_count):
             raise ValueError(f"snapshot is inconsistent: its header says {header}, its arrays disagree")
-        rerank = arrays.pop("rerank_vectors", np.zeros((0, 0), np.uint8))
-        if rerank.shape != (header.slot_count, self._dim) or rerank.dtype != RERANK_DTYPE:
-            raise ValueError(f"snapshot is inconsistent: its rerank vectors are {rerank.dtype} {rerank.shape}, "
-                             f"not {np.dtype(RERANK_DTYPE)} ({header.slot_count}, {self._dim})")
-        self._vectors = np.zeros((header.capacity, self._dim), dtype=RERANK_DTYPE)
-        self._vectors[: header.slot_count] = rerank
-        del rerank
+        self._vectors = rerank
         self._owners = [None] * header.capacity
         for i, track_id in enumerate(track_ids):
             span = slice(offsets[i], offsets[i + 1])
@@ -577,6 +575,30 @@ def _write_atomically(path: Path, header: SnapshotHeader, arrays: dict[str, np.n
                 with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
                     np.save(member, array, allow_pickle=False)
             archive.write(graph, GRAPH_MEMBER)
+
+
+def _read_rows_into(archive: zipfile.ZipFile, name: str, target: np.ndarray, rows: int, path: PathLike) -> None:
+    """Fill target[:rows] with the .npy member `name`, read straight into it (at a million tracks the member is
+    4 GB: np.load and a copy into the larger array would hold it twice). ValueError unless it is (rows, dim) of
+    target's dtype."""
+    try:
+        member = archive.open(name)
+    except KeyError:
+        raise ValueError(f"snapshot {os.fspath(path)} is inconsistent: it has no rerank vectors ({name})") from None
+    with member:
+        version = np.lib.format.read_magic(member)
+        header_of = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = header_of(member)
+        if shape != (rows, target.shape[1]) or dtype != target.dtype or fortran:
+            raise ValueError(f"snapshot {os.fspath(path)} is inconsistent: its rerank vectors are {dtype} {shape}, "
+                             f"not {target.dtype} ({rows}, {target.shape[1]})")
+        view = memoryview(target[:rows]).cast("B")
+        done = 0
+        while done < len(view):
+            got = member.readinto(view[done:])
+            if not got:
+                raise ValueError(f"snapshot {os.fspath(path)} is inconsistent: its rerank vectors are cut short")
+            done += got
 
 
 def _read_array(archive: zipfile.ZipFile, name: str) -> np.ndarray:

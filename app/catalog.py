@@ -275,23 +275,24 @@ class Catalog:
         """Stage 2 of the query against these tracks only."""
         return self._index.score(vectors, track_ids, query_starts_s)
 
-    def sequences(self, track_ids: list[str]) -> list[Optional[np.ndarray]]:
+    def sequences(self, track_ids: list[str]) -> Optional[list[Optional[np.ndarray]]]:
         """Stage 3's pitch-class sequences of these tracks, read from the store in one round trip (None for one
-        stored without, of another model, or gone; all None while the store does not answer).
+        stored without, of another model, or gone), or None when the store does not answer.
 
-        The store and not the index holds them: the index would keep 6 KiB per track in memory for the few
-        (fusion's top N) a query aligns (issue 17). Without the store stage 3 is skipped, as for a track without
-        a sequence, and the answer keeps stage 2's order: the index ranks without the store, as describe says.
+        The store and not the index holds them: the index would keep 5 KiB per track in memory for the few
+        (fusion's top N) a query aligns (issue 17). Without the store the caller skips stage 3 and answers in stage
+        2's order, as the index ranks without the store (see describe); the store is not asked again for
+        `store_retry_s`.
         """
         if time.monotonic() < self._store_down_until:
-            return [None] * len(track_ids)
+            return None
         try:
             stored = {record.track_id: record.sequence for record in self._store.get_many(track_ids, with_vectors=True)
                       if record.model_id == self.model_id}
         except StoreUnavailable as err:
             log.warning("catalogue store unavailable, answering without stage 3 for %.0f s: %s", self.store_retry_s, err)
             self._store_down_until = time.monotonic() + self.store_retry_s
-            return [None] * len(track_ids)
+            return None
         return [stored.get(track_id) for track_id in track_ids]
 
     def save_snapshot(self, path: Path) -> None:

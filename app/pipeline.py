@@ -205,9 +205,10 @@ def identify(
         aligned = time.perf_counter()
         fusion, alignment = stage3
         sequences = catalog.sequences([m.track_id for m in matches[: fusion.top_n]])
-        matches = rerank(matches, embeddings.sequence, sequences, embeddings.duration_s,
-                         embedder.extractor.config.sequence_frame_seconds, fusion, alignment)
-        aligned_count = min(fusion.top_n, len(matches))
+        if sequences is not None:  # None: the store did not answer, and stage 2's order and scores stand
+            matches = rerank(matches, embeddings.sequence, sequences, embeddings.duration_s,
+                             embedder.extractor.config.sequence_frame_seconds, fusion, alignment)
+            aligned_count = min(fusion.top_n, len(matches))
         clock.add("align", time.perf_counter() - aligned)
     matches = matches[:top_k]
     decided = list(zip(matches, match_decisions(embedder.decision, [m.score for m in matches], aligned_count,

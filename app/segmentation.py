@@ -84,12 +84,13 @@ def _checked_span(embedder: Embedder, catalog: Catalog, embeddings, span: ChunkS
     is_match, confidence = None, None
     covered_s = min(float(starts[span.last]) + embedder.extractor.config.chunk_seconds - float(starts[span.first]),
                     embeddings.duration_s)
-    if embedder.stage3 is not None and embeddings.sequence is not None:
+    stored = catalog.sequences([track_id]) if embedder.stage3 is not None and embeddings.sequence is not None else None
+    if stored is not None:  # None also when the store did not answer: stage 2's score stands, undecided
         fusion, alignment = embedder.stage3
         frame_s = embedder.extractor.config.sequence_frame_seconds
         first = int(float(starts[span.first]) / frame_s)
         sequence = embeddings.sequence[:, first : first + max(1, int(covered_s / frame_s))]
-        match = rerank([match], sequence, catalog.sequences([track_id]), covered_s, frame_s, fusion, alignment)[0]
+        match = rerank([match], sequence, stored, covered_s, frame_s, fusion, alignment)[0]
         if match.query_start_s == 0.0:  # an alignment path placed the span: 0 is the start of its sequence
             match = replace(match, query_start_s=float(starts[span.first]))
         (is_match, confidence), = match_decisions(embedder.decision, [match.score], 1, covered_s, catalogue_tracks)
